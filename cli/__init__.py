@@ -1,0 +1,1 @@
+"""Click commands of the ``kerasseg`` program (installed as ``kerasseg.cli``)."""

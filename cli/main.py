@@ -1,0 +1,58 @@
+"""Entry point of the ``kerasseg`` command.
+
+The commands live in one module per area (``data_cmds``, ``train_cmds``,
+``eval_cmds``, ``export_cmds``); this module only assembles them and turns
+:class:`kerasseg.KerassegError` into a one-line ``Error: ...`` message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import click  # noqa: E402
+
+from kerasseg import __version__  # noqa: E402
+from kerasseg.errors import KerassegError  # noqa: E402
+
+
+class KerassegGroup(click.Group):
+    """A click group that reports :class:`KerassegError` as one clear line."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KerassegError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=KerassegGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kerasseg")
+def cli():
+    """Breast-mass segmentation in mammograms: CRU-Net and adversarial FCN-CRF.
+
+    Start with `kerasseg fit` (trains on the built-in phantom when no data is
+    given), then `kerasseg evaluate`, `kerasseg export` for TF Serving.
+    """
+
+
+def _register():
+    from kerasseg.cli import data_cmds, eval_cmds, export_cmds, train_cmds
+
+    for module in (data_cmds, train_cmds, eval_cmds, export_cmds):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv=None):
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="kerasseg", standalone_mode=True)
+    except KerassegError as exc:  # raised outside a command's invoke (e.g. callbacks)
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,196 @@
+"""The dataset file: the contract between ``kerasseg.data`` and everything else.
+
+A prepared dataset is one compressed ``.npz`` with
+
+- ``images``  float32 (N, H, W): ROI intensities as read (normalisation happens in the pipeline)
+- ``masks``   uint8 (N, H, W) in {0, 1}
+- ``split``   str (N,) in {"train", "val", "test"}
+- ``ids``     str (N,): stable ids such as ``<image id>-mass<k>``
+- optional ``spacing_mm`` float32 (N,), ``boxes`` int32 (N, 4) (x0, y0, x1, y1 in original
+  pixel coordinates, x = column) and ``source`` (str scalar).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kerasseg.errors import KerassegError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ROIDataset:
+    """ROIs with masks, split labels and ids; see the module docstring for the fields."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    split: np.ndarray
+    ids: np.ndarray
+    spacing_mm: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    source: str = "unknown"
+    _hash: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.images = np.asarray(self.images, dtype=np.float32)
+        self.masks = np.asarray(self.masks).astype(np.uint8)
+        self.split = np.asarray(self.split).astype(str)
+        self.ids = np.asarray(self.ids).astype(str)
+        if self.spacing_mm is not None:
+            self.spacing_mm = np.asarray(self.spacing_mm, dtype=np.float32)
+        if self.boxes is not None:
+            self.boxes = np.asarray(self.boxes, dtype=np.int32)
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self, path=None) -> None:
+        """Raise :class:`KerassegError` if the arrays do not follow the contract."""
+        n = len(self.images)
+        if self.images.ndim != 3:
+            raise KerassegError(f"images must be (N, H, W), got shape {self.images.shape}", path)
+        if self.masks.shape != self.images.shape:
+            raise KerassegError(
+                f"masks shape {self.masks.shape} differs from images shape {self.images.shape}", path
+            )
+        for name in ("split", "ids"):
+            arr = getattr(self, name)
+            if arr.shape != (n,):
+                raise KerassegError(f"{name} must have shape ({n},), got {arr.shape}", path)
+        if self.spacing_mm is not None and self.spacing_mm.shape != (n,):
+            raise KerassegError(f"spacing_mm must have shape ({n},), got {self.spacing_mm.shape}", path)
+        if self.boxes is not None and self.boxes.shape != (n, 4):
+            raise KerassegError(f"boxes must have shape ({n}, 4), got {self.boxes.shape}", path)
+        bad = sorted(set(self.split.tolist()) - set(SPLITS))
+        if bad:
+            raise KerassegError(f"unknown split label(s) {bad}; allowed: {list(SPLITS)}", path)
+        if n and self.masks.max() > 1:
+            raise KerassegError("masks must contain only 0 and 1", path)
+        if len(set(self.ids.tolist())) != n:
+            raise KerassegError("ids are not unique", path)
+        if n and not np.all(np.isfinite(self.images)):
+            raise KerassegError("images contain NaN or infinite values", path)
+
+    # ----------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> int:
+        """ROI side length H (== W)."""
+        return int(self.images.shape[1])
+
+    def subset(self, split: str) -> "ROIDataset":
+        """The ROIs of one split; a clear error if the split is unknown or empty."""
+        if split not in SPLITS:
+            raise KerassegError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        sel = self.split == split
+        if not sel.any():
+            present = sorted(set(self.split.tolist()))
+            raise KerassegError(f"the dataset has no {split!r} ROIs (splits present: {present})")
+        return self.select(sel)
+
+    def select(self, index) -> "ROIDataset":
+        """A new dataset with the rows given by a boolean mask or integer index."""
+        return ROIDataset(
+            images=self.images[index],
+            masks=self.masks[index],
+            split=self.split[index],
+            ids=self.ids[index],
+            spacing_mm=None if self.spacing_mm is None else self.spacing_mm[index],
+            boxes=None if self.boxes is None else self.boxes[index],
+            source=self.source,
+        )
+
+    def counts(self) -> dict:
+        """Number of ROIs per split."""
+        return {s: int((self.split == s).sum()) for s in SPLITS}
+
+    def data_hash(self) -> str:
+        """A short content hash (images, masks, split, ids) that identifies the data."""
+        if self._hash is None:
+            h = hashlib.sha256()
+            for arr in (self.images, self.masks):
+                h.update(np.ascontiguousarray(arr).tobytes())
+                h.update(str(arr.shape).encode())
+            for arr in (self.split, self.ids):
+                h.update("\x00".join(arr.tolist()).encode())
+            self._hash = h.hexdigest()[:16]
+        return self._hash
+
+
+def save_npz(ds: ROIDataset, path) -> Path:
+    """Write ``ds`` to ``path`` (compressed .npz) atomically: temp file beside it, then rename."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    ds.validate()
+    if len(ds) == 0:
+        raise KerassegError("refusing to write an empty dataset", path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise KerassegError("output folder does not exist", parent)
+    arrays = {"images": ds.images, "masks": ds.masks, "split": ds.split, "ids": ds.ids,
+              "source": np.asarray(ds.source)}
+    if ds.spacing_mm is not None:
+        arrays["spacing_mm"] = ds.spacing_mm
+    if ds.boxes is not None:
+        arrays["boxes"] = ds.boxes
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise KerassegError(f"cannot write here ({exc.strerror})", path) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise KerassegError(f"cannot write ({exc.strerror})", path) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_npz(path) -> ROIDataset:
+    """Read a dataset file; any problem is a one-line :class:`KerassegError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise KerassegError("no such dataset file", path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("images", "masks", "split", "ids") if k not in z.files]
+            if missing:
+                raise KerassegError(f"not a kerasseg dataset: missing array(s) {missing}", path)
+            ds = ROIDataset(
+                images=z["images"],
+                masks=z["masks"],
+                split=z["split"],
+                ids=z["ids"],
+                spacing_mm=z["spacing_mm"] if "spacing_mm" in z.files else None,
+                boxes=z["boxes"] if "boxes" in z.files else None,
+                source=str(z["source"]) if "source" in z.files else "unknown",
+            )
+    except KerassegError as exc:
+        msg = str(exc)
+        raise KerassegError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise KerassegError(f"cannot read dataset file ({exc})", path) from None
+    return ds
+
+
+def load_data(spec=None) -> ROIDataset:
+    """``None`` or ``"phantom"``: the built-in phantom; otherwise the path of a ``.npz`` dataset."""
+    if spec is None or str(spec) == "phantom":
+        from kerasseg.data.phantom import default_dataset
+
+        return default_dataset()
+    return load_npz(spec)
