@@ -1,0 +1,153 @@
+"""Train / val / test assignment of ROIs, deterministic by seed.
+
+Methods (``--split``):
+
+``protocol``
+    The INbreast protocol of both papers ("the first 58 masses for training and the rest for
+    test"): ROIs are ordered by image id (numerically when the ids are numbers, as INbreast's
+    are) and by the order of the masses in the annotation; the first half (``ceil(N/2)``: 58 of
+    the 116 INbreast masses) is train, the rest test. It does not depend on the seed.
+``official``
+    A split given by the dataset itself: the BCRP train/test case lists of DDSM-BCRP, the
+    ``*_train_set`` / ``*_test_set`` CSV of CBIS-DDSM. The readers pass the labels in.
+``patient``
+    Whole groups (INbreast: the patient hash in the file name; DDSM: the case; CBIS: the patient
+    id; folder: the source image) go to one side, shuffled by the seed, until about
+    ``test_fraction`` of the ROIs are in test.
+``random``
+    ROIs shuffled by the seed, ``round(test_fraction * N)`` of them in test.
+
+In every method a validation subset is then carved **from train only** (never from test):
+``round(val_fraction * n_train)`` ROIs, chosen by the seed, whole groups at a time for ``patient``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from kerasseg.errors import KerassegError
+
+METHODS = ("protocol", "official", "patient", "random")
+
+
+def natural_key(text: str):
+    """Sort key that orders embedded numbers numerically ("img2" < "img10")."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower())
+            for t in re.split(r"(\d+)", str(text)) if t != ""]
+
+
+def protocol_split(order_keys) -> np.ndarray:
+    """First ``ceil(N/2)`` ROIs in ``order_keys`` order are train, the rest test."""
+    n = len(order_keys)
+    order = sorted(range(n), key=lambda i: order_keys[i])
+    split = np.full(n, "test", dtype=object)
+    for i in order[: (n + 1) // 2]:
+        split[i] = "train"
+    return split.astype(str)
+
+
+def random_split(n: int, test_fraction: float, seed: int) -> np.ndarray:
+    """``round(test_fraction * n)`` ROIs chosen by the seed go to test."""
+    _check_fraction("test_fraction", test_fraction)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_test = int(round(test_fraction * n))
+    split = np.full(n, "train", dtype=object)
+    split[perm[:n_test]] = "test"
+    return split.astype(str)
+
+
+def group_split(groups, test_fraction: float, seed: int) -> np.ndarray:
+    """Whole groups to test (in a seeded order) until about ``test_fraction`` of the ROIs are there."""
+    _check_fraction("test_fraction", test_fraction)
+    groups = np.asarray([str(g) for g in groups])
+    split = np.full(len(groups), "train", dtype=object)
+    chosen = _pick_groups(groups, np.ones(len(groups), bool), test_fraction * len(groups), seed)
+    split[np.isin(groups, chosen)] = "test"
+    return split.astype(str)
+
+
+def carve_val(split, val_fraction: float, seed: int, groups=None) -> np.ndarray:
+    """Move ``round(val_fraction * n_train)`` train ROIs to val (whole groups when ``groups`` is given)."""
+    _check_fraction("val_fraction", val_fraction)
+    split = np.asarray(split).astype(object)
+    train = split == "train"
+    n_train = int(train.sum())
+    target = int(round(val_fraction * n_train))
+    if target == 0:
+        return split.astype(str)
+    rng_seed = seed + 7919  # independent of the train/test draw
+    if groups is None:
+        idx = np.flatnonzero(train)
+        rng = np.random.default_rng(rng_seed)
+        split[rng.permutation(idx)[:target]] = "val"
+    else:
+        groups = np.asarray([str(g) for g in groups])
+        chosen = _pick_groups(groups, train, target, rng_seed)
+        split[train & np.isin(groups, chosen)] = "val"
+    return split.astype(str)
+
+
+def assign(method: str, *, n: int, order_keys=None, groups=None, official=None,
+           test_fraction: float = 0.5, val_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Split labels for ``n`` ROIs by ``method`` (see the module docstring)."""
+    if method not in METHODS:
+        raise KerassegError(f"unknown split method {method!r}; choose one of {list(METHODS)}")
+    if method == "protocol":
+        split = protocol_split(order_keys if order_keys is not None else list(range(n)))
+    elif method == "official":
+        if official is None or any(s not in ("train", "test") for s in official):
+            raise KerassegError("this source has no official train/test split; use --split patient or random")
+        split = np.asarray(official).astype(str)
+    elif method == "patient":
+        if groups is None:
+            raise KerassegError("this source has no patient/case grouping; use --split random")
+        split = group_split(groups, test_fraction, seed)
+    else:
+        split = random_split(n, test_fraction, seed)
+    return carve_val(split, val_fraction, seed, groups if method == "patient" else None)
+
+
+def read_case_list(path) -> set[str]:
+    """Case names in a text file, one per line (``#`` comments and blank lines ignored), lower-cased."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise KerassegError(f"cannot read case list ({exc.strerror})", path) from None
+    names = set()
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(line.replace("\\", "/").rstrip("/").split("/")[-1].lower())
+    if not names:
+        raise KerassegError("case list is empty", path)
+    return names
+
+
+# ---------------------------------------------------------------- helpers
+def _check_fraction(name, value):
+    if not (0.0 <= float(value) < 1.0) or math.isnan(float(value)):
+        raise KerassegError(f"{name} must be in [0, 1), got {value}")
+
+
+def _pick_groups(groups, eligible, target, seed):
+    """Groups (seeded order) whose eligible ROIs add up to about ``target``."""
+    names = sorted(set(groups[eligible].tolist()), key=natural_key)
+    sizes = {g: int(((groups == g) & eligible).sum()) for g in names}
+    rng = np.random.default_rng(seed)
+    chosen, total = [], 0
+    for i in rng.permutation(len(names)):
+        g = names[i]
+        if total >= target:
+            break
+        # take the group if that brings the total closer to the target
+        if abs(total + sizes[g] - target) <= abs(total - target) or not chosen:
+            chosen.append(g)
+            total += sizes[g]
+    return chosen
