@@ -34,10 +34,14 @@ def attach_crf(unary_logits, image, crf: dict):
         raise KerassegError(f"crf options must be a mapping of CRFRNN arguments; got {crf!r}")
     CRFRNN = crf_class()
     kwargs = dict(crf)
-    kwargs.setdefault("num_classes", 2)
     kwargs.pop("name", None)
+    # the models are 2-class: accept num_classes=2 for readability, refuse anything else
+    num_classes = kwargs.pop("num_classes", 2)
+    if num_classes != 2:
+        raise KerassegError(f"crf num_classes must be 2 (background, mass); got {num_classes!r}")
     try:
         layer = CRFRNN(name="crf", **kwargs)
-    except TypeError as exc:
-        raise KerassegError(f"bad crf options {sorted(crf)}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise KerassegError(f"bad crf options {sorted(crf)}: {msg}") from None
     return layer([unary_logits, image])
