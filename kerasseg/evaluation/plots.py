@@ -1,0 +1,129 @@
+"""Report figures (matplotlib, Agg backend), written atomically as PNG.
+
+- :func:`dice_histogram` -- histogram of per-image Dice and its empirical CDF side by
+  side (CRU-Net Fig. 3).
+- :func:`contour_grid` -- the best and the hardest cases with the ground-truth contour
+  in red and the predicted contour in blue (CRU-Net Fig. 4/5).
+- :func:`trimap_plot` -- trimap accuracy versus band width (Zhu Fig. 4).
+
+Every figure has a fixed pixel size (``figsize * dpi``), so callers know what they get.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from skimage import measure  # noqa: E402
+
+from kerasseg.errors import KerassegError  # noqa: E402
+
+DPI = 100
+
+
+def save_figure(fig, path) -> Path:
+    """Save ``fig`` as PNG at ``path`` atomically (temp file beside it, then rename) and close it."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        plt.close(fig)
+        raise KerassegError("output folder does not exist", parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def dice_histogram(dice, path, title="Test Dice", size=(10.0, 4.0)) -> Path:
+    """Histogram of per-image Dice (left) and its empirical CDF (right)."""
+    d = np.asarray(dice, np.float64).reshape(-1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=size, dpi=DPI)
+    bins = np.linspace(0.0, 1.0, 21)
+    ax1.hist(d, bins=bins, color="tab:blue", edgecolor="white")
+    ax1.set_xlabel("Dice")
+    ax1.set_ylabel("number of ROIs")
+    ax1.set_xlim(0, 1)
+    ax1.set_title(f"{title} (n={d.size})")
+    if d.size:
+        xs = np.sort(d)
+        ys = np.arange(1, xs.size + 1) / xs.size
+        ax2.step(np.concatenate([[0.0], xs, [1.0]]), np.concatenate([[0.0], ys, [1.0]]),
+                 where="post", color="tab:blue")
+    ax2.set_xlabel("Dice")
+    ax2.set_ylabel("cumulative fraction of ROIs")
+    ax2.set_xlim(0, 1)
+    ax2.set_ylim(0, 1.02)
+    ax2.grid(alpha=0.3)
+    ax2.set_title("empirical CDF")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _contours(mask):
+    m = np.pad(np.asarray(mask, np.float64), 1)   # closed contours at the image edge
+    return [c - 1.0 for c in measure.find_contours(m, 0.5)]
+
+
+def contour_grid(images, masks, preds, dice, path, k=5, ids=None, panel=2.0) -> Path:
+    """Two rows: the ``k`` best (top) and ``k`` hardest (bottom) cases by Dice.
+
+    Ground truth contour red, prediction blue. Figure size is ``(k * panel, 2 * panel)`` inches.
+    """
+    images = np.asarray(images)
+    masks = np.asarray(masks)
+    preds = np.asarray(preds)
+    d = np.asarray(dice, np.float64).reshape(-1)
+    n = len(d)
+    if not (len(images) == len(masks) == len(preds) == n):
+        raise KerassegError("contour_grid: images, masks, predictions and Dice differ in length")
+    k = max(1, int(k))
+    order = np.argsort(-d, kind="stable")
+    rows = [("best", order[:k]), ("hardest", order[::-1][:k])]
+    fig, axes = plt.subplots(2, k, figsize=(k * panel, 2 * panel), dpi=DPI, squeeze=False)
+    for r, (label, idx) in enumerate(rows):
+        for j in range(k):
+            ax = axes[r, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(idx):
+                ax.axis("off")
+                continue
+            i = int(idx[j])
+            ax.imshow(images[i], cmap="gray", interpolation="nearest")
+            for c in _contours(masks[i]):
+                ax.plot(c[:, 1], c[:, 0], color="red", linewidth=1.2)
+            for c in _contours(preds[i]):
+                ax.plot(c[:, 1], c[:, 0], color="blue", linewidth=1.2)
+            name = "" if ids is None else f"{ids[i]}\n"
+            ax.set_title(f"{name}{label} Dice {d[i]:.3f}", fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def trimap_plot(accuracy: dict, path, label="model", size=(5.0, 4.0)) -> Path:
+    """Trimap accuracy (y) versus band width in pixels (x); ``accuracy`` maps width -> value or None."""
+    items = sorted((int(w), v) for w, v in accuracy.items() if v is not None)
+    fig, ax = plt.subplots(figsize=size, dpi=DPI)
+    if items:
+        ws, vs = zip(*items)
+        ax.plot(ws, np.asarray(vs) * 100.0, marker="o", label=label)
+        ax.legend(loc="lower right")
+    ax.set_xlabel("trimap width (pixels)")
+    ax.set_ylabel("pixel accuracy in band (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Accuracy around the boundary")
+    fig.tight_layout()
+    return save_figure(fig, path)

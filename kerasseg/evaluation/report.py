@@ -1,0 +1,381 @@
+"""Evaluation reports: ``evaluate_run`` (a trained run -> report folder) and ``compare_reports``.
+
+A report folder (Contract 5) holds
+
+- ``metrics.json``   summary numbers (keys in :data:`METRIC_KEYS`, documented in docs/evaluation.md)
+- ``per_image.csv``  one row per ROI: id, dice, iou, sensitivity, precision, hd95_px, hd95_mm, areas
+- ``predictions.npz`` ids, prob (N,H,W) float32 (mass probability), pred uint8, mask uint8, data_hash
+- ``dice_hist.png``, ``contours.png``, ``trimap.png``
+
+Every file is written atomically (temporary name beside the target, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from kerasseg.errors import KerassegError
+from kerasseg.evaluation import metrics as M
+from kerasseg.evaluation import plots
+from kerasseg.evaluation import stats as S
+
+THRESHOLD = 0.5
+METRIC_KEYS = ("dice_mean", "dice_std", "dice_pooled", "iou_mean", "hd95_px_mean", "hd95_mm_mean",
+               "sensitivity_mean", "precision_mean", "trimap_accuracy", "n", "split", "data_hash")
+FIGURES = ("dice_hist.png", "contours.png", "trimap.png")
+DEFINITIONS = {
+    "dice_mean": "mean over ROIs of the per-image Dice 2TP/(2TP+FP+FN) (CRU-Net's DI)",
+    "dice_std": "population standard deviation (ddof=0) of the per-image Dice",
+    "dice_pooled": "Dice of TP/FP/FN summed over all pixels of the split (what Zhu et al.'s code reports)",
+    "hd95": "95th percentile of the symmetric boundary-to-boundary distances; "
+            "both masks empty -> 0, one empty -> image diagonal",
+    "empty": "0/0 ratios are 1 when prediction and ground truth are both empty, else 0",
+    "trimap_accuracy": "pixel accuracy within w px of the ground-truth boundary on either side "
+                       "(w = 1..5), pooled over ROIs; null if no ROI has a boundary",
+    "threshold": "mass where the final output's channel 1 >= 0.5",
+}
+
+
+# ------------------------------------------------------------------ atomic files
+def _atomic(path, write_fn, mode="w"):
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as fh:
+            write_fn(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path, obj) -> Path:
+    """JSON (indented) written atomically."""
+    return _atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+
+
+def write_csv(path, header, rows) -> Path:
+    """CSV written atomically."""
+    def w(fh):
+        wr = csv.writer(fh)
+        wr.writerow(header)
+        wr.writerows(rows)
+    return _atomic(path, w)
+
+
+def write_npz(path, **arrays) -> Path:
+    """Compressed .npz written atomically."""
+    return _atomic(path, lambda fh: np.savez_compressed(fh, **arrays), mode="wb")
+
+
+def _make_dir(out_dir) -> Path:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KerassegError(f"cannot create report folder ({exc.strerror})", out) from None
+    return out
+
+
+# ------------------------------------------------------------------ loading a model
+class _Identity:
+    def __call__(self, images):
+        return np.asarray(images, np.float32)
+
+
+def _load_source(run_or_model, normalizer):
+    """(model, normalizer, config, run_dir or None, label)."""
+    try:
+        import keras
+    except ImportError:  # pragma: no cover
+        raise
+    if isinstance(run_or_model, keras.Model):
+        return run_or_model, normalizer or _Identity(), {}, None, getattr(run_or_model, "name", "model")
+    path = Path(str(run_or_model))
+    if not path.exists():
+        raise KerassegError("no such run directory or model file", path)
+    if path.is_dir():
+        if not (path / "model.keras").is_file():
+            raise KerassegError("not a run directory: model.keras is missing", path)
+        from kerasseg.training import load_run
+
+        model, norm, config = load_run(path)
+        return model, normalizer or norm, dict(config or {}), path, str(path)
+    if path.suffix != ".keras":
+        raise KerassegError("expected a run directory or a .keras model file", path)
+    if (path.parent / "normalizer.json").is_file() and path.name == "model.keras":
+        from kerasseg.training import load_run
+
+        model, norm, config = load_run(path.parent)
+        return model, normalizer or norm, dict(config or {}), path.parent, str(path)
+    import kerasseg.models  # noqa: F401  (registers the custom layers)
+
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a user-file problem
+        raise KerassegError(f"cannot load model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                            path) from None
+    if normalizer is None:
+        norm_file = path.parent / "normalizer.json"
+        if not norm_file.is_file():
+            raise KerassegError("no normalizer.json beside the model; pass the run directory instead", path)
+        from kerasseg.data.pipeline import Normalizer
+
+        normalizer = Normalizer.from_config(json.loads(norm_file.read_text()))
+    return model, normalizer, {}, None, str(path)
+
+
+def _final_key(model, outputs) -> str:
+    try:
+        from kerasseg.models import final_key
+
+        key = final_key(model)
+        if key in outputs:
+            return key
+    except (ImportError, AttributeError):
+        pass
+    return "crf" if "crf" in outputs else "net"
+
+
+def _input_size(model):
+    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if shape is None or len(shape) < 3:
+        return None
+    return tuple(None if s is None else int(s) for s in shape[1:3])
+
+
+def predict_probabilities(model, images, batch_size=32, verbose=True) -> tuple[np.ndarray, str]:
+    """Mass probability maps (N,H,W) float32 of already-normalised images, and the output key used."""
+    x = np.asarray(images, np.float32)[..., None]
+    out = model.predict(x, batch_size=batch_size, verbose=1 if verbose else 0)
+    if isinstance(out, dict):
+        key = _final_key(model, out)
+        probs = np.asarray(out[key])
+    else:
+        key = "output"
+        probs = np.asarray(out)
+    if probs.ndim != 4 or probs.shape[-1] != 2:
+        raise KerassegError(f"model output {key!r} has shape {probs.shape}; expected (N, H, W, 2)")
+    return probs[..., 1].astype(np.float32), key
+
+
+def _default_data(config, run_dir):
+    """The data spec recorded by training (run.json / config), else the phantom."""
+    if run_dir is not None and (run_dir / "run.json").is_file():
+        try:
+            info = json.loads((run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        for key in ("data", "data_path", "data_spec"):
+            spec = info.get(key)
+            if isinstance(spec, str) and spec:
+                return spec
+    spec = config.get("data_spec") or (config.get("data") if isinstance(config.get("data"), str) else None)
+    return spec or "phantom"
+
+
+# ------------------------------------------------------------------ evaluate
+def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, split="test",
+                    data_hash="", model_label="", run=None, final_output="", extra=None,
+                    figures=True, verbose=True) -> dict:
+    """Write a complete report from probability maps and masks; returns the metrics dict."""
+    prob = np.asarray(prob, np.float32)
+    masks = np.asarray(masks).astype(np.uint8)
+    ids = np.asarray(ids).astype(str)
+    if prob.shape != masks.shape or prob.ndim != 3:
+        raise KerassegError(f"probabilities {prob.shape} and masks {masks.shape} must both be (N, H, W)")
+    if len(ids) != len(prob):
+        raise KerassegError(f"{len(ids)} ids for {len(prob)} images")
+    if len(prob) == 0:
+        raise KerassegError(f"no ROIs to evaluate in split {split!r}")
+    pred = (prob >= THRESHOLD).astype(np.uint8)
+    summary, per = M.summarize(pred, masks, spacing_mm)
+    out = _make_dir(out_dir)
+    result = {
+        **{k: summary[k] for k in ("dice_mean", "dice_std", "dice_pooled", "iou_mean", "hd95_px_mean",
+                                   "hd95_mm_mean", "sensitivity_mean", "precision_mean",
+                                   "trimap_accuracy", "n")},
+        "split": split,
+        "data_hash": data_hash,
+        "model": model_label,
+        "run": None if run is None else str(run),
+        "final_output": final_output,
+        "threshold": THRESHOLD,
+        "definitions": DEFINITIONS,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if extra:
+        result.update(extra)
+    areas_gt = masks.reshape(len(masks), -1).sum(1)
+    areas_pred = pred.reshape(len(pred), -1).sum(1)
+    header = ["id", "dice", "iou", "sensitivity", "precision", "hd95_px", "hd95_mm", "gt_area_px",
+              "pred_area_px"]
+    rows = []
+    for i in range(len(ids)):
+        mm = "" if "hd95_mm" not in per else f"{per['hd95_mm'][i]:.6g}"
+        rows.append([ids[i], f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}",
+                     f"{per['sensitivity'][i]:.6f}", f"{per['precision'][i]:.6f}",
+                     f"{per['hd95_px'][i]:.6g}", mm, int(areas_gt[i]), int(areas_pred[i])])
+    write_csv(out / "per_image.csv", header, rows)
+    arrays = {"ids": ids, "prob": prob, "pred": pred, "mask": masks, "data_hash": np.asarray(data_hash),
+              "split": np.asarray(split)}
+    if spacing_mm is not None:
+        arrays["spacing_mm"] = np.asarray(spacing_mm, np.float32)
+    write_npz(out / "predictions.npz", **arrays)
+    if figures:
+        plots.dice_histogram(per["dice"], out / "dice_hist.png", title=f"{split} Dice")
+        shown = images if images is not None else prob
+        plots.contour_grid(shown, masks, pred, per["dice"], out / "contours.png",
+                           k=min(5, len(ids)), ids=ids)
+        plots.trimap_plot({int(k): v for k, v in summary["trimap_accuracy"].items()},
+                          out / "trimap.png", label=model_label or "model")
+    write_json(out / "metrics.json", result)
+    if verbose:
+        print(format_summary(result))
+        print(f"report written to {out}")
+    return result
+
+
+def _pct(v):
+    return "n/a" if v is None else f"{100 * v:.2f}"
+
+
+def format_summary(m: dict) -> str:
+    """A short text table of the main numbers of a metrics dict."""
+    lines = [
+        f"split {m.get('split')}  n={m.get('n')}  data {m.get('data_hash')}",
+        f"  Dice (per-image mean ± std)  {_pct(m['dice_mean'])} ± {_pct(m['dice_std'])} %",
+        f"  Dice (pooled over pixels)    {_pct(m['dice_pooled'])} %",
+        f"  IoU (mean)                   {_pct(m['iou_mean'])} %",
+        f"  Sensitivity / precision      {_pct(m['sensitivity_mean'])} / {_pct(m['precision_mean'])} %",
+        f"  HD95 (mean)                  {m['hd95_px_mean']:.2f} px"
+        + ("" if m.get("hd95_mm_mean") is None else f" / {m['hd95_mm_mean']:.2f} mm"),
+        "  Trimap accuracy w=1..5       "
+        + " ".join(_pct(m["trimap_accuracy"].get(str(w))) for w in M.TRIMAP_WIDTHS) + " %",
+    ]
+    return "\n".join(lines)
+
+
+def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, normalizer=None,
+                 batch_size=32, figures=True, verbose=True) -> dict:
+    """Evaluate a run directory (or a ``.keras`` file / ``keras.Model``) on one split of a dataset.
+
+    ``data``: an :class:`~kerasseg.data.dataset.ROIDataset`, ``"phantom"``, a ``.npz`` path, or
+    ``None`` (the data recorded by the run, else the phantom). ``out_dir`` defaults to
+    ``<run>/eval-<split>``. Returns the metrics dict that is written to ``metrics.json``.
+    """
+    from kerasseg.data.dataset import ROIDataset, load_data
+
+    model, norm, config, run_dir, label = _load_source(run_or_model, normalizer)
+    if data is None:
+        data = _default_data(config, run_dir)
+    ds = data if isinstance(data, ROIDataset) else load_data(data)
+    full_hash = ds.data_hash()
+    sub = ds.subset(split)
+    size = _input_size(model)
+    if size is not None and None not in size and size != sub.images.shape[1:]:
+        raise KerassegError(
+            f"data ROIs are {sub.images.shape[1]}x{sub.images.shape[2]} but the model expects "
+            f"{size[0]}x{size[1]}; prepare the data with the model's ROI size")
+    if out_dir is None:
+        if run_dir is None:
+            raise KerassegError("an output folder (--out) is needed when evaluating a model file")
+        out_dir = run_dir / f"eval-{split}"
+    x = norm(sub.images)
+    prob, key = predict_probabilities(model, x, batch_size=batch_size, verbose=verbose)
+    return evaluate_arrays(
+        prob, sub.masks, sub.ids, out_dir, images=sub.images, spacing_mm=sub.spacing_mm, split=split,
+        data_hash=full_hash, model_label=str(config.get("name") or label), run=run_dir or label,
+        final_output=key, extra={"data_source": ds.source}, figures=figures, verbose=verbose)
+
+
+# ------------------------------------------------------------------ compare
+def load_predictions(report) -> dict:
+    """Read ``predictions.npz`` of a report folder (or the .npz itself) with clear errors."""
+    path = Path(str(report))
+    if path.is_dir():
+        path = path / "predictions.npz"
+    if not path.is_file():
+        raise KerassegError("no predictions.npz: not an evaluation report (run kerasseg evaluate first)",
+                            path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("ids", "pred", "mask", "data_hash") if k not in z.files]
+            if missing:
+                raise KerassegError(f"not an evaluation report: missing {missing}", path)
+            out = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise KerassegError(f"cannot read predictions ({exc})", path) from None
+    out["ids"] = out["ids"].astype(str)
+    out["data_hash"] = str(out["data_hash"])
+    out["split"] = str(out.get("split", ""))
+    out["path"] = str(path)
+    return out
+
+
+def compare_reports(report_a, report_b, out=None, *, seed=0, n_boot=10000, verbose=True) -> dict:
+    """Paired tests of report A against report B on the same data (see :mod:`kerasseg.evaluation.stats`).
+
+    Refuses reports made on different data (data hash, ids or masks differ). Writes the
+    result as JSON to ``out`` (default ``<report_a>/compare-<name of b>.json``).
+    """
+    a, b = load_predictions(report_a), load_predictions(report_b)
+    if a["data_hash"] != b["data_hash"]:
+        raise KerassegError(f"reports were made on different data (data hash {a['data_hash']} vs "
+                            f"{b['data_hash']}): {report_a} vs {report_b}")
+    if a["split"] != b["split"]:
+        raise KerassegError(f"reports are on different splits ({a['split']!r} vs {b['split']!r})")
+    if a["ids"].shape != b["ids"].shape or not np.array_equal(a["ids"], b["ids"]):
+        raise KerassegError(f"reports cover different ROIs (ids differ): {report_a} vs {report_b}")
+    if a["mask"].shape != b["mask"].shape or not np.array_equal(a["mask"], b["mask"]):
+        raise KerassegError(f"reports have different ground-truth masks: {report_a} vs {report_b}")
+    gt = a["mask"]
+    dice_a = np.array([M.dice(p, g) for p, g in zip(a["pred"], gt)])
+    dice_b = np.array([M.dice(p, g) for p, g in zip(b["pred"], gt)])
+    tests = S.paired_tests(a["pred"], b["pred"], gt, dice_a, dice_b, seed=seed, n_boot=n_boot)
+    result = {
+        "a": str(report_a), "b": str(report_b),
+        "data_hash": a["data_hash"], "split": a["split"], "n_images": int(len(gt)),
+        "n_pixels": int(gt.size),
+        "dice_mean_a": float(dice_a.mean()), "dice_mean_b": float(dice_b.mean()),
+        "dice_pooled_a": M.pooled_dice(a["pred"], gt), "dice_pooled_b": M.pooled_dice(b["pred"], gt),
+        **tests,
+        "notes": ("mcnemar: exact two-sided binomial test on pixel-wise discordant counts b (only A "
+                  "correct) and c (only B correct); pixels are not independent, so prefer the "
+                  "per-image wilcoxon and bootstrap (mean Dice A - B)"),
+    }
+    if out is None:
+        ra = Path(str(report_a))
+        out = (ra if ra.is_dir() else ra.parent) / f"compare-{Path(str(report_b)).resolve().name}.json"
+    write_json(out, result)
+    result["out"] = str(out)
+    if verbose:
+        print(format_compare(result))
+        print(f"written to {out}")
+    return result
+
+
+def format_compare(r: dict) -> str:
+    """Short text of a comparison result."""
+    mc, wx, bs = r["mcnemar"], r["wilcoxon"], r["bootstrap"]
+    buf = io.StringIO()
+    buf.write(f"A: {r['a']}\nB: {r['b']}\n")
+    buf.write(f"  n={r['n_images']} ROIs, {r['n_pixels']} pixels, data {r['data_hash']}\n")
+    buf.write(f"  Dice mean   A {_pct(r['dice_mean_a'])} %  B {_pct(r['dice_mean_b'])} %\n")
+    buf.write(f"  Dice pooled A {_pct(r['dice_pooled_a'])} %  B {_pct(r['dice_pooled_b'])} %\n")
+    buf.write(f"  McNemar exact (pixels): b={mc['b']} c={mc['c']}  p={mc['pvalue']:.4g}\n")
+    buf.write(f"  Wilcoxon signed-rank (per-image Dice): W={wx['statistic']:.4g}  p={wx['pvalue']:.4g}\n")
+    buf.write(f"  Mean Dice difference A-B: {100 * bs['mean_diff']:+.2f} %  "
+              f"{int(100 * bs['level'])}% bootstrap CI [{100 * bs['ci_low']:+.2f}, {100 * bs['ci_high']:+.2f}] %")
+    return buf.getvalue()
