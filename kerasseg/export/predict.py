@@ -1,0 +1,362 @@
+"""``kerasseg predict``: segment masses in DICOM/PNG/TIFF images or ``.npz`` ROI datasets.
+
+The model is a training run directory, a ``.keras`` file, or a TF Serving export (``BASE/NAME`` or
+``BASE/NAME/<version>``); all three go through the same ``serving_default`` computation (resize to
+the model size, normalise, network + CRF, resize back), so ``predict`` on a run and on its export agree.
+
+For a whole image the ROI is given as a box ``x0,y0,x1,y1`` (x = column; x1, y1 exclusive) or as the
+bounding box of a hint mask; without either the whole image is taken as the ROI crop. Per input the
+outputs are ``<stem>_mask.png`` (0/255 at full resolution), ``<stem>_overlay.png`` and ``<stem>.json``
+(box, area in px and mm^2 when the pixel spacing is known, perimeter from ``skimage.measure.perimeter``).
+An ``.npz`` dataset gives ``<stem>_predictions.npz`` (ids, prob, pred) and ``<stem>.json`` per ROI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerasseg.errors import KerassegError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+# --------------------------------------------------------------------------- the segmenter
+class Segmenter:
+    """Wraps a run dir / ``.keras`` file / TF Serving export as ``images (B,h,w) -> (prob, mask)``."""
+
+    def __init__(self, source, batch_size: int = 32):
+        from kerasseg.export.savedmodel import build_serving_module, find_export, load_source
+
+        self.batch_size = int(batch_size)
+        self.source = source
+        export = find_export(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else None
+        if export is not None:
+            import tensorflow as tf
+
+            try:
+                self._loaded = tf.saved_model.load(str(export))
+                self._fn = self._loaded.signatures["serving_default"]
+            except Exception as exc:  # noqa: BLE001 - a broken export is a user-input problem
+                raise KerassegError(f"cannot load SavedModel: {str(exc).splitlines()[0]}", export) from None
+            self.kind = "export"
+        else:
+            model, normalizer = load_source(source)
+            self._module = build_serving_module(model, normalizer, source=source if isinstance(source, (str, Path)) else None)
+            self._fn = self._module.serve
+            self.kind = "keras"
+
+    def __call__(self, images):
+        """Segment ROI crops ``images`` float (B, h, w) or (B, h, w, 1); returns (prob float32, mask uint8)."""
+        import tensorflow as tf
+
+        x = np.asarray(images, dtype=np.float32)
+        if x.ndim == 4 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.ndim != 3:
+            raise KerassegError(
+                f"images must be [batch, height, width] or [batch, height, width, 1], got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] == 0 or x.shape[2] == 0:
+            raise KerassegError(f"images must be non-empty, got shape {tuple(x.shape)}")
+        if not np.all(np.isfinite(x)):
+            raise KerassegError("images contain NaN or infinite values")
+        probs, masks = [], []
+        for i in range(0, len(x), self.batch_size):
+            out = self._fn(image=tf.constant(x[i:i + self.batch_size]))
+            probs.append(out["probability"].numpy())
+            masks.append(out["mask"].numpy())
+        if not probs:
+            return np.zeros(x.shape, np.float32), np.zeros(x.shape, np.uint8)
+        return np.concatenate(probs).astype(np.float32), np.concatenate(masks).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- reading inputs
+@dataclass
+class Image2D:
+    pixels: np.ndarray            # float32 (H, W)
+    spacing_mm: tuple | None      # (row, col) mm per pixel, if known
+
+
+def read_image(path) -> Image2D:
+    """Read a DICOM, PNG/TIFF/JPEG file as a float32 grey image; KerassegError if unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise KerassegError("no such file", path)
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return _read_raster(path)
+    if suffix in DICOM_SUFFIXES or suffix == "":
+        return _read_dicom(path)
+    raise KerassegError(f"unsupported input type {suffix!r} (DICOM, PNG, TIFF, JPEG or .npz)", path)
+
+
+def _read_raster(path: Path) -> Image2D:
+    import skimage.io
+
+    try:
+        arr = np.asarray(skimage.io.imread(str(path)))
+    except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
+        raise KerassegError(f"cannot read image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", path) from None
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        from skimage.color import rgb2gray
+
+        arr = rgb2gray(arr[..., :3])
+    if arr.ndim != 2:
+        raise KerassegError(f"expected a 2-D grey or RGB image, got shape {arr.shape}", path)
+    return Image2D(arr.astype(np.float32), None)
+
+
+def _read_dicom(path: Path) -> Image2D:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
+        raise KerassegError(f"cannot read DICOM: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", path) from None
+    if arr.ndim != 2:
+        raise KerassegError(f"expected a single-frame grey DICOM, got pixel array shape {arr.shape}", path)
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    arr = arr * slope + intercept
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        arr = arr.max() - arr  # bright = dense, as in MONOCHROME2
+    spacing = None
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = getattr(ds, tag, None)
+        if value is not None and len(value) == 2:
+            try:
+                spacing = (float(value[0]), float(value[1]))
+                break
+            except (TypeError, ValueError):
+                pass
+    return Image2D(arr.astype(np.float32), spacing)
+
+
+def parse_roi(text: str) -> tuple[int, int, int, int]:
+    """Parse ``"x0,y0,x1,y1"`` into ints; KerassegError if malformed."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        box = tuple(int(p) for p in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise KerassegError(f"--roi must be four integers x0,y0,x1,y1, got {text!r}")
+    return box
+
+
+def check_box(box, shape, path=None) -> tuple[int, int, int, int]:
+    """Validate box (x0, y0, x1, y1; x1/y1 exclusive) against an image of ``shape`` (H, W)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    h, w = shape
+    if x1 <= x0 or y1 <= y0:
+        raise KerassegError(f"ROI {x0},{y0},{x1},{y1} is empty (need x0 < x1 and y0 < y1)", path)
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise KerassegError(f"ROI {x0},{y0},{x1},{y1} is outside the image ({w} x {h} pixels, x = column)", path)
+    return x0, y0, x1, y1
+
+
+def box_from_hint(hint: np.ndarray, shape, path=None) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1; exclusive ends) of the non-zero pixels of a hint mask."""
+    if hint.shape != tuple(shape):
+        raise KerassegError(f"hint mask shape {hint.shape} differs from the image shape {tuple(shape)}", path)
+    rows = np.flatnonzero(np.any(hint != 0, axis=1))
+    cols = np.flatnonzero(np.any(hint != 0, axis=0))
+    if rows.size == 0:
+        raise KerassegError("hint mask is empty (no non-zero pixel), so it gives no ROI", path)
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+# --------------------------------------------------------------------------- measurements and writing
+def measure(mask: np.ndarray, spacing_mm=None) -> dict:
+    """Area (px and mm^2) and perimeter (px and mm for isotropic spacing) of a binary mask."""
+    from skimage.measure import perimeter
+
+    mask = np.asarray(mask).astype(bool)
+    area = int(mask.sum())
+    perim = float(perimeter(mask)) if area else 0.0
+    out = {"area_px": area, "perimeter_px": perim, "area_mm2": None, "perimeter_mm": None}
+    if spacing_mm is not None:
+        sr, sc = (float(spacing_mm), float(spacing_mm)) if np.isscalar(spacing_mm) else map(float, spacing_mm)
+        out["area_mm2"] = area * sr * sc
+        if np.isclose(sr, sc):
+            out["perimeter_mm"] = perim * sr
+    return out
+
+
+def _atomic(path: Path, writer) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_png(path, arr) -> None:
+    import skimage.io
+
+    _atomic(Path(path), lambda tmp: skimage.io.imsave(tmp, np.asarray(arr), check_contrast=False))
+
+
+def write_json(path, obj) -> None:
+    def _w(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+
+    _atomic(Path(path), _w)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Grey image to uint8 with a 0.5-99.5 percentile window."""
+    img = np.asarray(img, dtype=np.float64)
+    lo, hi = np.percentile(img, [0.5, 99.5]) if img.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return (np.clip((img - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+
+
+def overlay(img: np.ndarray, mask: np.ndarray, box=None) -> np.ndarray:
+    """RGB uint8: the grey image, the mask tinted red, the mask's border and the ROI box in yellow."""
+    grey = to_uint8(img).astype(np.float64)
+    rgb = np.stack([grey] * 3, axis=-1)
+    m = np.asarray(mask).astype(bool)
+    rgb[m] = 0.55 * rgb[m] + 0.45 * np.array([255.0, 0.0, 0.0])
+    if m.any():
+        inner = m.copy()
+        inner[1:, :] &= m[:-1, :]
+        inner[:-1, :] &= m[1:, :]
+        inner[:, 1:] &= m[:, :-1]
+        inner[:, :-1] &= m[:, 1:]
+        rgb[m & ~inner] = (255.0, 60.0, 60.0)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        yellow = (255.0, 220.0, 0.0)
+        rgb[y0, x0:x1] = yellow
+        rgb[y1 - 1, x0:x1] = yellow
+        rgb[y0:y1, x0] = yellow
+        rgb[y0:y1, x1 - 1] = yellow
+    return rgb.round().astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- one input
+def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None) -> dict:
+    """Segment one DICOM/PNG/TIFF image; writes mask, overlay and JSON into ``out_dir``; returns the JSON dict."""
+    path = Path(path)
+    out_dir = Path(out_dir)
+    image = read_image(path)
+    h, w = image.pixels.shape
+    if h == 0 or w == 0:
+        raise KerassegError("image is empty", path)
+    if roi is not None and mask_hint is not None:
+        raise KerassegError("give either --roi or --mask-hint, not both")
+    if roi is not None:
+        box = check_box(roi, (h, w), path)
+    elif mask_hint is not None:
+        hint = read_image(mask_hint).pixels if not isinstance(mask_hint, np.ndarray) else np.asarray(mask_hint)
+        box = check_box(box_from_hint(hint, (h, w), mask_hint if not isinstance(mask_hint, np.ndarray) else path),
+                        (h, w), path)
+    else:
+        box = (0, 0, w, h)
+    x0, y0, x1, y1 = box
+    crop = image.pixels[y0:y1, x0:x1]
+    prob, mask = segmenter(crop[np.newaxis])
+    full = np.zeros((h, w), np.uint8)
+    full[y0:y1, x0:x1] = mask[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = path.stem
+    mask_path = out_dir / f"{stem}_mask.png"
+    overlay_path = out_dir / f"{stem}_overlay.png"
+    write_png(mask_path, full * np.uint8(255))
+    write_png(overlay_path, overlay(image.pixels, full, box))
+    info = {
+        "input": str(path),
+        "image_size": [int(w), int(h)],
+        "box": [int(x0), int(y0), int(x1), int(y1)],
+        "pixel_spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
+        **measure(full, image.spacing_mm),
+        "max_probability": float(prob.max()),
+        "mask": str(mask_path),
+        "overlay": str(overlay_path),
+    }
+    write_json(out_dir / f"{stem}.json", info)
+    return info
+
+
+def predict_npz(segmenter, path, out_dir) -> dict:
+    """Segment every ROI of a ``.npz`` dataset; writes ``<stem>_predictions.npz`` and ``<stem>.json``."""
+    from kerasseg.data.dataset import load_npz
+
+    path = Path(path)
+    out_dir = Path(out_dir)
+    ds = load_npz(path)
+    if len(ds.images) == 0:
+        raise KerassegError("dataset holds no ROI", path)
+    prob, pred = segmenter(ds.images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pred_path = out_dir / f"{path.stem}_predictions.npz"
+
+    def _w(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, ids=ds.ids, prob=prob, pred=pred, data_hash=np.array(ds.data_hash()))
+
+    _atomic(pred_path, _w)
+    rois = []
+    for i, rid in enumerate(ds.ids):
+        spacing = None if ds.spacing_mm is None else float(ds.spacing_mm[i])
+        entry = {"id": str(rid), **measure(pred[i], spacing)}
+        if ds.boxes is not None:
+            entry["box"] = [int(v) for v in ds.boxes[i]]
+        rois.append(entry)
+    info = {"input": str(path), "n": int(len(ds.ids)), "predictions": str(pred_path), "rois": rois}
+    write_json(out_dir / f"{path.stem}.json", info)
+    return info
+
+
+def predict_inputs(source, inputs, out_dir, roi=None, mask_hint=None, on_result=None, progress=False):
+    """Run :func:`predict_image` / :func:`predict_npz` over ``inputs``; one bad input does not stop the others.
+
+    Returns ``(results, failures)``: results maps input -> JSON dict, failures maps input -> message.
+    ``on_result(path, info_or_None, error_or_None)`` is called after each input.
+    """
+    segmenter = source if isinstance(source, Segmenter) else Segmenter(source)
+    if isinstance(roi, str):
+        roi = parse_roi(roi)
+    results, failures = {}, {}
+    items = list(inputs)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="predict", unit="input")
+    for inp in items:
+        try:
+            if Path(inp).suffix.lower() == ".npz":
+                if roi is not None or mask_hint is not None:
+                    raise KerassegError("--roi/--mask-hint do not apply to .npz datasets (they hold ROI crops)", inp)
+                info = predict_npz(segmenter, inp, out_dir)
+            else:
+                info = predict_image(segmenter, inp, out_dir, roi=roi, mask_hint=mask_hint)
+        except KerassegError as exc:
+            msg = str(exc)
+            if str(inp) not in msg:
+                msg = f"{inp}: {msg}"
+            failures[str(inp)] = msg
+            if on_result:
+                on_result(inp, None, msg)
+            continue
+        results[str(inp)] = info
+        if on_result:
+            on_result(inp, info, None)
+    return results, failures
