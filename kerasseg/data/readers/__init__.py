@@ -189,6 +189,11 @@ def build_dataset(records, *, size=40, margin=0.0, mirror=False, split="auto", s
     if n == 0:
         raise KerassegError("no masses found (empty result)")
     method = default_split if split == "auto" else split
+    if method == "official":
+        missing = [i for i, o in zip(ids, official) if o not in ("train", "test")]
+        if missing:
+            raise KerassegError(f"{missing[0]}: no official train/test label ({len(missing)} ROI(s)); "
+                                "give the official case lists or use --split patient / random")
     labels = splits_mod.assign(method, n=n, order_keys=order_keys, groups=groups,
                                official=official if method == "official" else None,
                                test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
