@@ -1,0 +1,144 @@
+"""reproduce: table assembly, paired tests, resume (fast, with training replaced) and a real smoke run."""
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+from statsmodels.stats.contingency_tables import mcnemar
+
+from kerasseg.data.dataset import ROIDataset
+from kerasseg.errors import KerassegError
+from kerasseg.evaluation import reproduce as R
+from kerasseg.evaluation.report import evaluate_arrays
+
+
+def _data(n_test=10, size=16):
+    rng = np.random.default_rng(5)
+    n = 4 + n_test
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        r, c, s = rng.integers(2, 5), rng.integers(2, 5), rng.integers(5, 10)
+        masks[i, r:r + s, c:c + s] = 1
+    split = ["train"] * 3 + ["val"] + ["test"] * n_test
+    return ROIDataset(images=masks + rng.normal(0, 0.2, masks.shape), masks=masks, split=split,
+                      ids=[f"m{i}" for i in range(n)], source="unit")
+
+
+def _install_fakes(monkeypatch, calls):
+    rows = [r[0] for r in R.TABLES["crunet-table1"]["rows"]]
+
+    def fake_fit(config, data, out_dir, epochs, seed):
+        calls.append((config, seed))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "model.keras").write_text("x")
+        (out_dir / "run.json").write_text("{}")
+
+    def fake_eval(run_dir, ds, out_dir, figures):
+        row, seed = run_dir.parent.name, int(run_dir.name[4:])
+        test = ds.subset("test")
+        rng = np.random.default_rng(100 * rows.index(row) + seed)
+        flip = rng.random(test.masks.shape) < 0.02 * (1 + rows.index(row))
+        prob = np.where(flip, 1 - test.masks, test.masks).astype(np.float32)
+        return evaluate_arrays(prob, test.masks, test.ids, out_dir, data_hash=ds.data_hash(), split="test",
+                               figures=False, verbose=False)
+
+    monkeypatch.setattr(R, "_fit", fake_fit)
+    monkeypatch.setattr(R, "_evaluate", fake_eval)
+
+
+def test_table_numbers_tests_and_resume(tmp_path, monkeypatch):
+    calls = []
+    _install_fakes(monkeypatch, calls)
+    ds = _data()
+    out = tmp_path / "rep"
+    res = R.reproduce_table("crunet-table1", ds, seeds=2, out_dir=out, verbose=False, progress=False)
+    assert len(calls) == 5 * 2
+    rows = R.TABLES["crunet-table1"]["rows"]
+    assert [r["config"] for r in res["rows"]] == [r[0] for r in rows]
+
+    # independent recomputation from the saved predictions
+    def dice_img(cfg, s):
+        with np.load(out / "runs" / cfg / f"seed{s}" / "eval-test" / "predictions.npz") as z:
+            p, g = z["pred"].astype(bool), z["mask"].astype(bool)
+        inter = (p & g).sum(axis=(1, 2))
+        return 2 * inter / (p.sum(axis=(1, 2)) + g.sum(axis=(1, 2))), p, g
+
+    base = np.mean([dice_img(rows[0][0], s)[0] for s in range(2)], axis=0)
+    for r, (cfg, label, inb, ddsm) in zip(res["rows"], rows):
+        per_seed = np.array([dice_img(cfg, s)[0].mean() for s in range(2)]) * 100
+        assert r["dice_mean"] == pytest.approx(per_seed.mean())
+        assert r["dice_mean_std"] == pytest.approx(per_seed.std(ddof=1))
+        assert (r["paper_inbreast"], r["paper_ddsm"]) == (inb[0], ddsm[0])
+        if cfg == rows[0][0]:
+            assert r["vs_baseline"] is None
+            continue
+        mine = np.mean([dice_img(cfg, s)[0] for s in range(2)], axis=0)
+        assert r["vs_baseline"]["wilcoxon"]["pvalue"] == pytest.approx(wilcoxon(mine, base).pvalue)
+        assert r["vs_baseline"]["bootstrap"]["mean_diff"] == pytest.approx((mine - base).mean())
+        tab = np.zeros((2, 2))
+        for s in range(2):
+            _, pa, g = dice_img(cfg, s)
+            _, pb, _ = dice_img(rows[0][0], s)
+            ok_a, ok_b = pa == g, pb == g
+            tab += [[np.sum(ok_a & ok_b), np.sum(ok_a & ~ok_b)], [np.sum(~ok_a & ok_b), np.sum(~ok_a & ~ok_b)]]
+        assert r["vs_baseline"]["mcnemar"]["pvalue"] == pytest.approx(mcnemar(tab, exact=True).pvalue, rel=1e-9)
+
+    md = (out / "table.md").read_text()
+    assert "93.32 ± 0.12" in md and "90.08 ± 0.62" in md
+    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + 5
+    table = list(csv.DictReader(open(out / "table.csv")))
+    assert [t["config"] for t in table] == [r[0] for r in rows]
+    assert float(table[3]["paper_inbreast"]) == 93.66
+    assert json.loads((out / "table.json").read_text())["n_seeds"] == 2
+
+    # resume: nothing is retrained or re-evaluated, the table is the same
+    monkeypatch.setattr(R, "_fit", lambda *a: pytest.fail("retrained a finished row"))
+    monkeypatch.setattr(R, "_evaluate", lambda *a: pytest.fail("re-evaluated a finished row"))
+    res2 = R.reproduce_table("crunet-table1", ds, seeds=2, out_dir=out, verbose=False, progress=False)
+    assert [r["dice_mean"] for r in res2["rows"]] == [r["dice_mean"] for r in res["rows"]]
+
+    # other data in the same folder is refused
+    other = _data(n_test=8)
+    with pytest.raises(KerassegError, match="other data"):
+        R.reproduce_table("crunet-table1", other, seeds=2, out_dir=out, verbose=False, progress=False)
+
+
+def test_reproduce_bad_arguments(tmp_path):
+    with pytest.raises(KerassegError, match="unknown table"):
+        R.reproduce_table("table9", _data(), out_dir=tmp_path)
+    with pytest.raises(KerassegError, match="seeds"):
+        R.reproduce_table("zhu-table2", _data(), seeds=0, out_dir=tmp_path)
+
+
+def test_published_numbers_match_papers():
+    """The dict's numbers appear in the paper texts next to the row names."""
+    from pathlib import Path
+
+    papers = Path(__file__).resolve().parents[2] / "shared" / "papers"
+    if not papers.is_dir():
+        pytest.skip("paper texts not available")
+    zhu = (papers / "adversarial-fcn-crf-zhu-2018.txt").read_text()
+    for _, label, inb, ddsm in R.TABLES["zhu-table2"]["rows"]:
+        assert re.search(rf"^{re.escape(label)} {inb[0]:.2f} {ddsm[0]:.2f}$", zhu, re.M), label
+    li = (papers / "crunet-li-2018.txt").read_text()
+    for _, _, inb, ddsm in R.TABLES["crunet-table1"]["rows"]:
+        assert re.search(rf"{inb[0]:.2f} ?± ?{inb[1]:.2f} {ddsm[0]:.2f} ± {ddsm[1]:.2f}", li)
+
+
+@pytest.mark.slow
+def test_reproduce_quick_on_phantom_writes_complete_table(tmp_path):
+    pytest.importorskip("kerasseg.training")
+    from kerasseg.training import fit  # noqa: F401  (skip cleanly if training is not there yet)
+
+    res = R.reproduce_table("crunet-table1", "phantom", seeds=1, quick=True, out_dir=tmp_path / "q",
+                            verbose=False, progress=False)
+    assert len(res["rows"]) == 5
+    md = (tmp_path / "q" / "table.md").read_text()
+    for _, label, *_ in R.TABLES["crunet-table1"]["rows"]:
+        assert label in md
+    for r in res["rows"]:
+        assert 0.0 <= r["dice_mean"] <= 100.0
+        assert r["n_test"] == R.QUICK_COUNTS["test"]
