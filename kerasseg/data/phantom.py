@@ -226,7 +226,7 @@ def _sample(rng, size, beta, difficulty):
     mu = ndimage.gaussian_filter(mu, rng.uniform(0.6, 1.0))
     contrast = rng.uniform(0.08, 0.16)            # attenuation of the mass centre
     mu_tot = 1.0 + contrast * (mu - mu.min())
-    n0 = rng.uniform(1500.0, 4000.0) / max(k, 1e-6) ** 2
+    n0 = rng.uniform(1500.0, 4000.0) / k ** 2
     counts = rng.poisson(n0 * np.exp(-mu_tot)).astype(np.float64)
     img = -np.log(np.maximum(counts, 0.5) / n0)
     img = 400.0 + 1200.0 * img
@@ -276,8 +276,8 @@ def make_phantom(n_train=58, n_val=12, n_test=58, size=40, seed=0, *, beta=3.0,
         raise KerassegError(f"phantom: seed must be a non-negative integer, got {seed!r}")
     if not (1.0 <= float(beta) <= 5.0):
         raise KerassegError(f"phantom: beta must be in [1, 5], got {beta!r}")
-    if not (0.0 <= float(difficulty) <= 5.0):
-        raise KerassegError(f"phantom: difficulty must be in [0, 5], got {difficulty!r}")
+    if not (0.05 <= float(difficulty) <= 5.0):
+        raise KerassegError(f"phantom: difficulty must be in [0.05, 5], got {difficulty!r}")
 
     images, masks, splits, ids, boxes, spacing, infos = [], [], [], [], [], [], []
     for name in ("train", "val", "test"):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerasseg.data.preprocess import ENHANCEMENTS, MODES, Normalizer  # noqa: F401 (re-export)
+from kerasseg.data.preprocess import ENHANCEMENTS, MODES, Normalizer, fit_normalizer  # noqa: F401
 from kerasseg.errors import KerassegError
 
-__all__ = ["Normalizer", "make_tf_dataset", "flip_augment", "ORIENTATIONS"]
+__all__ = ["Normalizer", "fit_normalizer", "make_tf_dataset", "flip_augment", "ORIENTATIONS"]
 
 #: order of the four orientations produced by :func:`flip_augment` and the training pipeline
 ORIENTATIONS = ("identity", "hflip", "vflip", "hvflip")

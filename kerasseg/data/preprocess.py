@@ -233,3 +233,8 @@ class Normalizer:
     def __repr__(self):
         fitted = "" if self.mode != "position" else (", fitted" if self.fitted else ", not fitted")
         return f"Normalizer(mode={self.mode!r}, enhancement={self.enhancement!r}{fitted})"
+
+
+def fit_normalizer(ds, mode="image", enhancement="none", **kwargs) -> Normalizer:
+    """A :class:`Normalizer` fitted on the TRAIN split of a dataset only (val/test never seen)."""
+    return Normalizer(mode, enhancement, **kwargs).fit(ds.subset("train").images)
