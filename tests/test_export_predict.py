@@ -1,0 +1,226 @@
+"""kerasseg predict: DICOM/PNG/.npz inputs, ROI handling, outputs, per-input errors, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import skimage.io
+from click.testing import CliRunner
+from skimage.measure import perimeter
+
+from kerasseg.errors import KerassegError
+from kerasseg.export import Segmenter, export_model, predict_inputs
+from kerasseg.export.predict import box_from_hint, check_box, parse_roi, read_image
+from test_export_common import ImageNormalizer, keras_reference, tiny_model
+
+
+def write_dicom(path, pixels, spacing=(0.07, 0.07), photometric="MONOCHROME2", slope=1.0, intercept=0.0):
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # digital mammography
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MG"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    if spacing is not None:
+        ds.PixelSpacing = [str(spacing[0]), str(spacing[1])]
+    ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(40, crf=True, seed=1)
+
+
+@pytest.fixture(scope="module")
+def export_dir(model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("exp") / "massseg"
+    export_model((model, ImageNormalizer()), base)
+    return base
+
+
+@pytest.fixture(scope="module")
+def mammogram():
+    """A 90x120 'whole image' with a bright blob inside the ROI 30,20,70,60."""
+    rng = np.random.default_rng(7)
+    img = rng.normal(1000, 40, size=(90, 120))
+    yy, xx = np.mgrid[:90, :120]
+    img += 600 * (((yy - 41) / 11.0) ** 2 + ((xx - 48) / 9.0) ** 2 < 1)
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def test_roi_parsing_and_checks():
+    assert parse_roi("1, 2,30,40") == (1, 2, 30, 40)
+    for bad in ("1,2,3", "a,b,c,d", "1,2,3,4,5"):
+        with pytest.raises(KerassegError, match="four integers"):
+            parse_roi(bad)
+    assert check_box((0, 0, 120, 90), (90, 120)) == (0, 0, 120, 90)
+    with pytest.raises(KerassegError, match="outside the image"):
+        check_box((100, 0, 121, 10), (90, 120))
+    with pytest.raises(KerassegError, match="empty"):
+        check_box((10, 10, 10, 20), (90, 120))
+    hint = np.zeros((90, 120), np.uint8)
+    hint[20:31, 5:9] = 255
+    assert box_from_hint(hint, (90, 120)) == (5, 20, 9, 31)
+    with pytest.raises(KerassegError, match="hint mask is empty"):
+        box_from_hint(np.zeros((90, 120)), (90, 120))
+
+
+def test_segmenter_export_and_keras_agree(model, export_dir, rng):
+    x = rng.normal(100, 20, size=(3, 40, 40)).astype(np.float32)
+    seg_export = Segmenter(export_dir)
+    seg_keras = Segmenter((model, ImageNormalizer()))
+    assert seg_export.kind == "export" and seg_keras.kind == "keras"
+    p1, m1 = seg_export(x)
+    p2, m2 = seg_keras(x[..., None])
+    ref = keras_reference(model, x, "crf")
+    np.testing.assert_allclose(p1, ref, atol=1e-5)
+    np.testing.assert_allclose(p2, ref, atol=1e-5)
+    np.testing.assert_array_equal(m1, (ref >= 0.5).astype(np.uint8))
+    for bad in (x[0], np.repeat(x[..., None], 3, axis=-1)):
+        with pytest.raises(KerassegError, match=r"\[batch, height, width\]"):
+            seg_export(bad)
+
+
+def test_read_dicom_monochrome1_and_rescale(tmp_path, mammogram):
+    p = tmp_path / "m1.dcm"
+    write_dicom(p, mammogram, spacing=(0.1, 0.05), photometric="MONOCHROME1", slope=2.0, intercept=-5.0)
+    img = read_image(p)
+    expected = mammogram.astype(np.float64) * 2 - 5
+    np.testing.assert_allclose(img.pixels, expected.max() - expected)
+    assert img.spacing_mm == (0.1, 0.05)
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"not a dicom at all")
+    with pytest.raises(KerassegError, match="broken.dcm: cannot read DICOM"):
+        read_image(bad)
+
+
+def test_predict_dicom_with_roi_cli(export_dir, mammogram, tmp_path):
+    from kerasseg.cli.main import cli
+
+    dcm = tmp_path / "scan.dcm"
+    write_dicom(dcm, mammogram, spacing=(0.07, 0.07))
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(cli, ["predict", str(export_dir), str(dcm), "--roi", "30,20,70,60", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    mask = skimage.io.imread(out / "scan_mask.png")
+    assert mask.shape == mammogram.shape and set(np.unique(mask)) <= {0, 255}
+    assert not mask[:20].any() and not mask[60:].any() and not mask[:, :30].any() and not mask[:, 70:].any()
+    # inside the box: the same as segmenting the crop directly
+    _, crop_mask = Segmenter(export_dir)(mammogram[None, 20:60, 30:70].astype(np.float32))
+    np.testing.assert_array_equal(mask[20:60, 30:70] // 255, crop_mask[0])
+    binary = mask > 0
+    assert 0 < binary.sum() < 1600
+    info = json.loads((out / "scan.json").read_text())
+    assert info["box"] == [30, 20, 70, 60]
+    assert info["area_px"] == int(binary.sum())
+    assert info["area_mm2"] == pytest.approx(binary.sum() * 0.07 * 0.07)
+    assert info["perimeter_px"] == pytest.approx(perimeter(binary))
+    assert info["perimeter_mm"] == pytest.approx(perimeter(binary) * 0.07)
+    ov = skimage.io.imread(out / "scan_overlay.png")
+    assert ov.shape == mammogram.shape + (3,) and ov.dtype == np.uint8
+    np.testing.assert_array_equal(ov[20, 30:70], np.tile([255, 220, 0], (40, 1)))  # box edge
+    assert np.all(ov[binary & (ov[..., 1] < 200)][:, 0] >= ov[binary & (ov[..., 1] < 200)][:, 1])
+    assert sorted(p.name for p in out.iterdir()) == ["scan.json", "scan_mask.png", "scan_overlay.png"]
+
+
+def test_predict_png_with_mask_hint(export_dir, mammogram, tmp_path):
+    png = tmp_path / "scan.png"
+    skimage.io.imsave(png, mammogram, check_contrast=False)
+    hint = np.zeros(mammogram.shape, np.uint8)
+    hint[25:55, 35:64] = 255
+    hint_path = tmp_path / "hint.png"
+    skimage.io.imsave(hint_path, hint, check_contrast=False)
+    results, failures = predict_inputs(export_dir, [png], tmp_path / "o", mask_hint=hint_path)
+    assert failures == {}
+    info = results[str(png)]
+    assert info["box"] == [35, 25, 64, 55] and info["area_mm2"] is None
+    mask = skimage.io.imread(tmp_path / "o" / "scan_mask.png") > 0
+    _, crop_mask = Segmenter(export_dir)(mammogram[None, 25:55, 35:64].astype(np.float32))
+    np.testing.assert_array_equal(mask[25:55, 35:64], crop_mask[0].astype(bool))
+    assert mask.sum() == crop_mask.sum() == info["area_px"]
+
+
+def test_bad_inputs_reported_others_processed(export_dir, mammogram, tmp_path):
+    from kerasseg.cli.main import cli
+
+    good = tmp_path / "good.dcm"
+    write_dicom(good, mammogram)
+    small = tmp_path / "small.dcm"
+    write_dicom(small, mammogram[:40, :50])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG garbage")
+    missing = tmp_path / "missing.tif"
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(cli, ["predict", str(export_dir), str(broken), str(small), str(missing), str(good),
+                                   "--roi", "30,20,70,60", "--out", str(out)])
+    assert res.exit_code != 0
+    assert "broken.png: cannot read image" in res.output
+    assert "small.dcm: ROI 30,20,70,60 is outside the image (50 x 40 pixels" in res.output
+    assert "missing.tif: no such file" in res.output
+    assert "3 of 4 input(s) failed" in res.output
+    assert "Traceback" not in res.output
+    assert (out / "good_mask.png").exists() and (out / "good.json").exists()
+    assert not (out / "small_mask.png").exists()
+    res = CliRunner().invoke(cli, ["predict", str(export_dir), str(good), "--roi", "30,20,30,60"])
+    assert res.exit_code != 0 and "is empty" in res.output
+
+
+def test_predict_npz_dataset(model, export_dir, tmp_path):
+    from kerasseg.data.dataset import load_npz
+    from kerasseg.data.phantom import make_phantom
+
+    ds = make_phantom(n_train=1, n_val=1, n_test=2, size=40, seed=5)
+    path = tmp_path / "rois.npz"
+    from kerasseg.data.dataset import save_npz
+
+    save_npz(ds, path)
+    results, failures = predict_inputs(export_dir, [path], tmp_path / "o")
+    assert failures == {}
+    pred = np.load(tmp_path / "o" / "rois_predictions.npz")
+    ds = load_npz(path)
+    np.testing.assert_array_equal(pred["ids"], ds.ids)
+    ref = keras_reference(model, ds.images, "crf")
+    np.testing.assert_allclose(pred["prob"], ref, atol=1e-5)
+    info = json.loads((tmp_path / "o" / "rois.json").read_text())
+    assert [r["area_px"] for r in info["rois"]] == [int(m.sum()) for m in pred["pred"]]
+    if ds.spacing_mm is not None:
+        assert info["rois"][0]["area_mm2"] == pytest.approx(pred["pred"][0].sum() * float(ds.spacing_mm[0]) ** 2)
+    _, failures = predict_inputs(export_dir, [path], tmp_path / "o", roi=(0, 0, 5, 5))
+    assert "do not apply to .npz" in failures[str(path)]
+
+
+def test_export_cli(model, tmp_path):
+    from kerasseg.cli.main import cli
+
+    model_path = tmp_path / "model.keras"
+    model.save(model_path)
+    res = CliRunner().invoke(cli, ["export", str(model_path), "--out", str(tmp_path / "s" / "m")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "m" / "1" / "saved_model.pb").exists()
+    res = CliRunner().invoke(cli, ["export", str(model_path), "--out", str(tmp_path / "s" / "m"), "--version", "1"])
+    assert res.exit_code != 0 and "already exists; use --force" in res.output
+    res = CliRunner().invoke(cli, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "s" / "m")])
+    assert res.exit_code != 0 and "no such run directory or model file" in res.output
+    # no normalizer.json beside the .keras file: no normalisation, raw model on the resized crop
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).normal(0, 1, (1, 40, 40)).astype(np.float32)
+    loaded = tf.saved_model.load(str(tmp_path / "s" / "m" / "1"))
+    got = loaded.signatures["serving_default"](image=tf.constant(x))["probability"].numpy()
+    np.testing.assert_allclose(got, np.asarray(model(x[..., None], training=False)["crf"])[..., 1], atol=1e-5)
