@@ -1,29 +1,52 @@
-"""Commands: evaluate, compare, reproduce (placeholders until their issue lands)."""
+"""Commands: evaluate (a run -> report folder), compare (two reports), reproduce (a paper's table)."""
 
 import click
 
-from kerasseg.errors import KerassegError
+
+@click.command(name="evaluate")
+@click.argument("source", type=click.Path(path_type=str))
+@click.option("--data", "data", default=None,
+              help="'phantom' or a dataset .npz (default: the data the run was trained on, else the phantom).")
+@click.option("--split", "split", default="test", show_default=True, help="Split to evaluate: train, val or test.")
+@click.option("--out", "out", default=None, type=click.Path(path_type=str),
+              help="Report folder (default: RUN_DIR/eval-<split>).")
+@click.option("--batch-size", "batch_size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--no-figures", "no_figures", is_flag=True, help="Skip the PNG figures.")
+def evaluate_cmd(source, data, split, out, batch_size, no_figures):
+    """Evaluate RUN_DIR (or MODEL.keras): Dice, IoU, HD95, trimap accuracy, figures, predictions."""
+    from kerasseg.evaluation.report import evaluate_run
+
+    evaluate_run(source, data=data, split=split, out_dir=out, batch_size=batch_size,
+                 figures=not no_figures, verbose=True)
 
 
-@click.command(name='evaluate', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def evaluate_cmd(args):
-    """(not implemented yet)"""
-    raise KerassegError('kerasseg evaluate is not implemented yet')
+@click.command(name="compare")
+@click.argument("report_a", type=click.Path(path_type=str))
+@click.argument("report_b", type=click.Path(path_type=str))
+@click.option("--out", "out", default=None, type=click.Path(path_type=str),
+              help="JSON file for the result (default: REPORT_A/compare-<name of REPORT_B>.json).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
+@click.option("--n-boot", "n_boot", default=10000, show_default=True, type=click.IntRange(min=100))
+def compare_cmd(report_a, report_b, out, seed, n_boot):
+    """Paired tests of REPORT_A vs REPORT_B: McNemar exact (pixels), Wilcoxon and bootstrap (per-image Dice)."""
+    from kerasseg.evaluation.report import compare_reports
+
+    compare_reports(report_a, report_b, out=out, seed=seed, n_boot=n_boot, verbose=True)
 
 
-@click.command(name='compare', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def compare_cmd(args):
-    """(not implemented yet)"""
-    raise KerassegError('kerasseg compare is not implemented yet')
+@click.command(name="reproduce")
+@click.argument("table", type=click.Choice(["crunet-table1", "zhu-table2"]))
+@click.option("--data", "data", default="phantom", show_default=True, help="'phantom' or a dataset .npz.")
+@click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1), help="Seeds per row.")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Override the configs' epochs.")
+@click.option("--quick", is_flag=True, help="Smoke run: a few ROIs, 1 epoch unless --epochs is given.")
+@click.option("--out", "out", default=None, type=click.Path(path_type=str),
+              help="Output folder (default: reproduce-<TABLE>); rows already done there are skipped.")
+def reproduce_cmd(table, data, seeds, epochs, quick, out):
+    """Train and evaluate every row of TABLE for each seed; write table.md / table.csv."""
+    from kerasseg.evaluation.reproduce import reproduce_table
 
-
-@click.command(name='reproduce', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def reproduce_cmd(args):
-    """(not implemented yet)"""
-    raise KerassegError('kerasseg reproduce is not implemented yet')
+    reproduce_table(table, data, seeds=seeds, epochs=epochs, quick=quick, out_dir=out, verbose=True)
 
 
 COMMANDS = [evaluate_cmd, compare_cmd, reproduce_cmd]

@@ -148,3 +148,24 @@ def test_compare_reports_and_refusals(tmp_path, rng):
         compare_reports(a, renamed, verbose=False)
     with pytest.raises(KerassegError, match="not an evaluation report"):
         compare_reports(a, tmp_path, verbose=False)
+
+
+def test_cli_compare_and_evaluate_errors(tmp_path, rng):
+    from click.testing import CliRunner
+
+    from kerasseg.cli.main import cli
+
+    masks = np.zeros((6, 16, 16), np.uint8)
+    masks[:, 3:10, 3:10] = 1
+    a = _report(tmp_path, "a", rng, masks, 0.02)
+    b = _report(tmp_path, "b", rng, masks, 0.08)
+    c = _report(tmp_path, "c", rng, masks, 0.08, data_hash="other")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["compare", str(a), str(b), "--out", str(tmp_path / "x.json"), "--n-boot", "500"])
+    assert res.exit_code == 0, res.output
+    assert "McNemar" in res.output and (tmp_path / "x.json").is_file()
+    res = runner.invoke(cli, ["compare", str(a), str(c)])
+    assert res.exit_code == 1
+    assert "Error:" in res.output and "different data" in res.output and "Traceback" not in res.output
+    res = runner.invoke(cli, ["evaluate", str(tmp_path), "--data", "phantom"])
+    assert res.exit_code == 1 and "model.keras is missing" in res.output
