@@ -94,8 +94,21 @@ class _Identity:
         return np.asarray(images, np.float32)
 
 
+def _unwrap(model):
+    """The plain network inside a training wrapper (SegmentationModel keeps it as ``.net``)."""
+    import keras
+
+    inner = getattr(model, "net", None)
+    return inner if isinstance(inner, keras.Model) else model
+
+
 def _load_source(run_or_model, normalizer):
     """(model, normalizer, config, run_dir or None, label)."""
+    model, norm, config, run_dir, label = _load_source_raw(run_or_model, normalizer)
+    return _unwrap(model), norm, config, run_dir, label
+
+
+def _load_source_raw(run_or_model, normalizer):
     try:
         import keras
     except ImportError:  # pragma: no cover
@@ -130,7 +143,10 @@ def _load_source(run_or_model, normalizer):
         norm_file = path.parent / "normalizer.json"
         if not norm_file.is_file():
             raise KerassegError("no normalizer.json beside the model; pass the run directory instead", path)
-        from kerasseg.data.pipeline import Normalizer
+        try:
+            from kerasseg.data.pipeline import Normalizer
+        except ImportError:
+            from kerasseg.data.preprocess import Normalizer
 
         normalizer = Normalizer.from_config(json.loads(norm_file.read_text()))
     return model, normalizer, {}, None, str(path)
@@ -143,7 +159,7 @@ def _final_key(model, outputs) -> str:
         key = final_key(model)
         if key in outputs:
             return key
-    except (ImportError, AttributeError):
+    except Exception:  # noqa: BLE001 - fall back to the output names below
         pass
     return "crf" if "crf" in outputs else "net"
 
