@@ -108,7 +108,7 @@ class CRFRNN(keras.layers.Layer):
         theta_alpha: float = 5.0,
         theta_beta: float = 0.5,
         theta_intensity: float = 1.0,
-        spatial_weight: float = 0.05,
+        spatial_weight: float = 0.1,
         bilateral_weight: float = 0.05,
         intensity_weight: float = 0.002,
         trainable_bandwidths: bool = False,
