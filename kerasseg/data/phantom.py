@@ -136,17 +136,11 @@ def _outline_extent(aspect, angle, ks, amps, phases):
 
 # --------------------------------------------------------------------------- ROI resize
 def _resize_roi(image, mask, size):
-    """Bicubic resize of the image; mask resized as float and thresholded at 0.5.
+    """Bicubic resize of the image; mask resized as float and thresholded at 0.5 - the same
+    rule as the readers (:mod:`kerasseg.data.roi`), so phantom and real ROIs match."""
+    from kerasseg.data.roi import resize_image, resize_mask
 
-    The one place the phantom resizes (kept identical to the readers' ROI rule).
-    """
-    from skimage.transform import resize
-
-    img = resize(image.astype(np.float64), (size, size), order=3, mode="edge",
-                 anti_aliasing=True, preserve_range=True)
-    m = resize(mask.astype(np.float64), (size, size), order=1, mode="edge",
-               anti_aliasing=True, preserve_range=True)
-    return img.astype(np.float32), (m >= 0.5).astype(np.uint8)
+    return resize_image(image, size), resize_mask(mask, size)
 
 
 # --------------------------------------------------------------------------- one sample
