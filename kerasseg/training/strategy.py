@@ -1,0 +1,64 @@
+"""Choosing the tf.distribute strategy for ``kerasseg fit``.
+
+- ``TF_CONFIG`` in the environment -> ``MultiWorkerMirroredStrategy`` (one process per worker);
+- otherwise ``MirroredStrategy`` over ``devices`` GPUs, or over ``devices`` logical CPU devices
+  on a machine without GPUs (so the multi-device path runs anywhere);
+- default (``devices=None``): all GPUs when there is more than one, else the default strategy.
+
+Logical CPU devices must be configured before TensorFlow initialises its runtime; if it has
+already started with fewer devices, a clear :class:`KerassegError` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from kerasseg.errors import KerassegError
+
+
+def _ensure_logical_cpus(n: int) -> list[str]:
+    cpus = tf.config.list_physical_devices("CPU")
+    logical = tf.config.list_logical_devices("CPU")
+    if len(logical) >= n:
+        return [d.name for d in logical[:n]]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:
+        raise KerassegError(
+            f"--devices {n}: TensorFlow is already initialised with {len(logical)} CPU device(s); "
+            "request the devices before any TensorFlow work (e.g. in a fresh process)") from None
+    return [d.name for d in tf.config.list_logical_devices("CPU")[:n]]
+
+
+def get_strategy(devices: int | None = None) -> tf.distribute.Strategy:
+    """The strategy for ``devices`` replicas (see the module docstring)."""
+    if devices is not None and (isinstance(devices, bool) or int(devices) != devices or devices < 1):
+        raise KerassegError(f"--devices must be a positive integer, got {devices!r}")
+    tf_config = os.environ.get("TF_CONFIG")
+    if tf_config:
+        try:
+            cluster = json.loads(tf_config)
+            cluster["cluster"]["worker"]
+        except (ValueError, KeyError, TypeError):
+            raise KerassegError("TF_CONFIG is not valid JSON with cluster.worker") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if devices is None:
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    devices = int(devices)
+    if gpus:
+        if devices > len(gpus):
+            raise KerassegError(f"--devices {devices}: only {len(gpus)} GPU(s) present")
+        if devices == 1:
+            return tf.distribute.OneDeviceStrategy("/gpu:0")
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(devices)])
+    if devices == 1:
+        return tf.distribute.get_strategy()
+    names = _ensure_logical_cpus(devices)
+    return tf.distribute.MirroredStrategy(names)
