@@ -169,3 +169,24 @@ def test_cli_compare_and_evaluate_errors(tmp_path, rng):
     assert "Error:" in res.output and "different data" in res.output and "Traceback" not in res.output
     res = runner.invoke(cli, ["evaluate", str(tmp_path), "--data", "phantom"])
     assert res.exit_code == 1 and "model.keras is missing" in res.output
+
+
+def test_evaluate_keras_file_with_normalizer(tmp_path, rng):
+    """A saved kerasseg model + normalizer.json: same numbers as predicting by hand."""
+    from kerasseg.data.pipeline import Normalizer
+    from kerasseg.models import build_model
+
+    ds = _dataset(rng, n=5, size=40)
+    model = build_model("unet", input_size=40)
+    model.save(tmp_path / "net.keras")
+    norm = Normalizer("image").fit(ds.subset("train").images)
+    (tmp_path / "normalizer.json").write_text(json.dumps(norm.get_config()))
+    m = evaluate_run(tmp_path / "net.keras", data=ds, out_dir=tmp_path / "rep", verbose=False, figures=False)
+    test = ds.subset("test")
+    prob = np.asarray(model.predict(norm(test.images)[..., None], verbose=0)["net"])[..., 1]
+    ref = [_dice(p >= 0.5, g) for p, g in zip(prob, test.masks)]
+    assert m["final_output"] == "net"
+    assert m["dice_mean"] == pytest.approx(np.mean(ref), abs=1e-6)
+    with pytest.raises(KerassegError, match="no normalizer.json"):
+        (tmp_path / "normalizer.json").unlink()
+        evaluate_run(tmp_path / "net.keras", data=ds, out_dir=tmp_path / "rep2", verbose=False)

@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from skimage import measure  # noqa: E402
 
@@ -56,6 +57,7 @@ def dice_histogram(dice, path, title="Test Dice", size=(10.0, 4.0)) -> Path:
     ax1.set_xlabel("Dice")
     ax1.set_ylabel("number of ROIs")
     ax1.set_xlim(0, 1)
+    ax1.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax1.set_title(f"{title} (n={d.size})")
     if d.size:
         xs = np.sort(d)
