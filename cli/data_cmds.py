@@ -20,7 +20,7 @@ def data():
 @data.command(name="prepare")
 @click.argument("source", type=click.Choice(SOURCES, case_sensitive=False))
 @click.argument("src", type=str)
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output FILE.npz.")
+@click.option("--out", "-o", required=True, type=str, help="Output FILE.npz.")
 @click.option("--size", default=40, show_default=True, type=click.IntRange(min=2), help="ROI side in pixels.")
 @click.option("--margin", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Enlarge the mass bounding box by this fraction of its width/height on each side.")
@@ -53,8 +53,9 @@ def prepare_cmd(source, src, out, size, margin, split, seed, test_fraction, val_
     kerasseg data prepare phantom - --out phantom.npz
     """
     from kerasseg.data.dataset import save_npz
-    from kerasseg.data.readers import prepare
+    from kerasseg.data.readers import check_output, prepare
 
+    check_output(out)  # fail before the (long) reading, not after
     source = source.lower()
     with warnings.catch_warnings():
         # readers report recoverable problems in the summary printed below

@@ -149,6 +149,23 @@ def _one_line(exc) -> str:
     return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
+def check_output(path) -> Path:
+    """KerassegError naming ``path`` if a dataset file cannot be written there (checked before reading)."""
+    import os
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise KerassegError("output path is a folder", path)
+    if not parent.is_dir():
+        raise KerassegError("output folder does not exist", parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise KerassegError("output folder is not writable", parent)
+    return path
+
+
 # ----------------------------------------------------------------- assembly
 def build_dataset(records, *, size=40, margin=0.0, mirror=False, split="auto", seed=0,
                   test_fraction=0.5, val_fraction=0.1, source="unknown", summary=None,
