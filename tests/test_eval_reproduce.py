@@ -130,15 +130,21 @@ def test_published_numbers_match_papers():
 
 @pytest.mark.slow
 def test_reproduce_quick_on_phantom_writes_complete_table(tmp_path):
-    pytest.importorskip("kerasseg.training")
-    from kerasseg.training import fit  # noqa: F401  (skip cleanly if training is not there yet)
+    from click.testing import CliRunner
 
-    res = R.reproduce_table("crunet-table1", "phantom", seeds=1, quick=True, out_dir=tmp_path / "q",
-                            verbose=False, progress=False)
-    assert len(res["rows"]) == 5
-    md = (tmp_path / "q" / "table.md").read_text()
+    from kerasseg.cli.main import cli
+
+    out = tmp_path / "q"
+    res = CliRunner().invoke(cli, ["reproduce", "crunet-table1", "--data", "phantom", "--quick", "--seeds", "1",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    md = (out / "table.md").read_text()
     for _, label, *_ in R.TABLES["crunet-table1"]["rows"]:
         assert label in md
-    for r in res["rows"]:
+    table = json.loads((out / "table.json").read_text())
+    assert [r["config"] for r in table["rows"]] == [r[0] for r in R.TABLES["crunet-table1"]["rows"]]
+    for r in table["rows"]:
         assert 0.0 <= r["dice_mean"] <= 100.0
         assert r["n_test"] == R.QUICK_COUNTS["test"]
+        assert (out / "runs" / r["config"] / "seed0" / "model.keras").is_file()
+    assert all(r["vs_baseline"]["mcnemar"]["pvalue"] <= 1.0 for r in table["rows"][1:])
