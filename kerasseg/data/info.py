@@ -83,6 +83,9 @@ def thumbnail_grid(ds: ROIDataset, path, n: int = 32, *, cols: int = 8, dpi: int
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=dpi)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)      # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
