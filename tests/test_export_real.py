@@ -32,6 +32,7 @@ def _crunet(phantom):
                        crf={"iterations_train": 2, "iterations_test": 4})
 
 
+@pytest.mark.slow
 def test_crunet_position_export_matches_keras_without_kerasseg(phantom, tmp_path):
     from kerasseg.data.pipeline import Normalizer
 
