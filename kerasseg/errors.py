@@ -3,7 +3,7 @@
 Every problem caused by the user's input (a corrupt file, a bad config key, a
 wrong-shaped request) is raised as :class:`KerassegError` with a one-line
 message that names the file or value and the problem. The CLI prints such
-errors as ``Error: <message>`` without a traceback and exits with status 2.
+errors as ``Error: <message>`` without a traceback and exits with status 1.
 """
 
 from __future__ import annotations
