@@ -97,3 +97,40 @@ def test_keras_file_with_normalizer_json(phantom, tmp_path):
     with pytest.raises(KerassegError, match="histeq.*no TF graph form"):
         export_model(run / "model.keras", tmp_path / "s" / "fcn")
     assert not (tmp_path / "s" / "fcn" / "1").exists()
+
+
+@pytest.mark.slow
+def test_run_dir_export_and_predict_cli_agree(phantom, tmp_path):
+    """A run directory (Contract 4 files) goes through load_run; its export predicts the same masks."""
+    import keras
+    import skimage.io
+    import yaml
+    from click.testing import CliRunner
+
+    from kerasseg.cli.main import cli
+    from kerasseg.data.pipeline import Normalizer
+    from kerasseg.models import build_model
+
+    keras.utils.set_random_seed(2)
+    model = build_model("unet", input_size=40, filters=(4, 8, 8, 8), crf={"iterations_test": 3})
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    norm = Normalizer("position").fit(phantom.subset("train").images)
+    (run / "normalizer.json").write_text(json.dumps(norm.get_config()))
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"arch": "unet"}}))
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["export", str(run), "--out", str(tmp_path / "serve" / "unet")])
+    assert res.exit_code == 0, res.output
+    img = tmp_path / "roi.tif"
+    skimage.io.imsave(img, phantom.images[0], check_contrast=False)
+    masks = {}
+    for name, src in (("run", run), ("export", tmp_path / "serve" / "unet")):
+        res = runner.invoke(cli, ["predict", str(src), str(img), "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        masks[name] = skimage.io.imread(tmp_path / name / "roi_mask.png")
+    np.testing.assert_array_equal(masks["run"], masks["export"])
+    ref = np.asarray(model(norm(phantom.images[:1])[..., None], training=False)["crf"])[0, ..., 1]
+    decided = np.abs(ref - 0.5) > 1e-4  # pixels on the threshold may flip with float rounding
+    np.testing.assert_array_equal((masks["run"] > 0)[decided], (ref >= 0.5)[decided])
