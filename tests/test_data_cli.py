@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fixtures_data import make_inbreast, osirix_plist, rect, write_dicom
+from fixtures_data import gradient_image, make_ddsm_case, make_inbreast, osirix_plist, rect, write_cbis, write_dicom
 from kerasseg.cli.main import cli
 from kerasseg.data.dataset import load_npz
 
@@ -128,3 +128,42 @@ def test_prepare_phantom_via_console_script(tmp_path):
     ref = make_phantom(n_train=3, n_val=1, n_test=2, size=24, seed=5)
     np.testing.assert_array_equal(ds.images, ref.images)
     np.testing.assert_array_equal(ds.masks, ref.masks)
+
+
+def test_prepare_ddsm_cbis_folder(tmp_path):
+    img = gradient_image(80, 100)
+    codes = [2] * 20 + [4] * 10 + [6] * 20 + [0] * 10
+    for vol, case in [("BCRP_MASS_0", "case0001"), ("BCRP_MASS_1", "case0002")]:
+        make_ddsm_case(tmp_path / "ddsm" / vol, case, {"LEFT_CC": (img, [("MASS SHAPE OVAL", 30, 30, codes)])})
+    res = run("prepare", "ddsm-bcrp", tmp_path / "ddsm", "--out", tmp_path / "d.npz", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert load_npz(tmp_path / "d.npz").counts() == {"train": 1, "val": 0, "test": 1}
+
+    mask = np.zeros((80, 100), bool)
+    mask[20:50, 60:90] = True
+    write_cbis(tmp_path / "cbis", [dict(patient="P_00001", side="LEFT", view="CC", abn=1, image=img, mask=mask,
+                                        crop=img[20:50, 60:90])])
+    res = run("prepare", "cbis-ddsm", tmp_path / "cbis", "--out", tmp_path / "c.npz", "--size", 16)
+    assert res.exit_code == 0, res.output
+    ds = load_npz(tmp_path / "c.npz")
+    assert ds.boxes.tolist() == [[60, 20, 90, 50]] and ds.images.shape == (1, 16, 16)
+
+    from skimage.io import imsave
+
+    for sub in ("images", "masks"):
+        (tmp_path / "fold" / sub).mkdir(parents=True)
+    for i in range(4):
+        imsave(tmp_path / "fold" / "images" / f"im{i}.png", img, check_contrast=False)
+        imsave(tmp_path / "fold" / "masks" / f"im{i}.png", mask.astype(np.uint8) * 255, check_contrast=False)
+    res = run("prepare", "folder", tmp_path / "fold", "--out", tmp_path / "f", "--seed", 3, "--no-progress")
+    assert res.exit_code == 0, res.output
+    ds = load_npz(tmp_path / "f.npz")  # .npz appended
+    assert ds.counts() == {"train": 2, "val": 0, "test": 2} and ds.source == "folder"
+
+
+def test_ddsm_missing_image_error_through_cli(tmp_path):
+    make_ddsm_case(tmp_path, "case0001", {"LEFT_CC": (None, [("MASS", 20, 20, [2, 4, 6, 0])])})
+    res = CliRunner().invoke(cli, ["data", "prepare", "ddsm-bcrp", str(tmp_path), "--out", str(tmp_path / "o.npz")])
+    assert res.exit_code == 1
+    assert f"Error: {tmp_path / 'case0001' / 'A_0001_1.LEFT_CC.LJPEG'}: no decoded image" in res.output
+    assert not (tmp_path / "o.npz").exists()

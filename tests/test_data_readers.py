@@ -330,3 +330,44 @@ def test_split_helpers():
     assert splits.natural_key("img2") < splits.natural_key("img10")
     with pytest.raises(KerassegError):
         splits.assign("official", n=3, official=[None, "train", "test"])
+
+
+def test_cbis_tolerates_swapped_crop_and_mask_paths(tmp_path):
+    shape = (90, 110)
+    img = gradient_image(*shape)
+    m = _blob(shape, (60, 10, 100, 40))
+    csv_path = write_cbis(tmp_path, [dict(patient="P_00003", side="RIGHT", view="CC", abn=1, image=img, mask=m,
+                                          crop=img[10:40, 60:100])])
+    text = csv_path.read_text()
+    text = text.replace("000001.dcm", "XXXX").replace("000000.dcm\n", "000001.dcm\n").replace("XXXX", "000000.dcm")
+    csv_path.write_text(text)
+    ds, _ = prepare("cbis-ddsm", csv_path, size=20, val_fraction=0.0, mirror=True)
+    assert ds.boxes.tolist() == [[60, 10, 100, 40]] and list(ds.split) == ["train"]
+
+
+def test_ddsm_converted_image_of_other_size_scales_outline(tmp_path):
+    small = gradient_image(75, 100)  # half of the 150 x 200 the .ics says
+    codes = [2] * 40 + [4] * 20 + [6] * 40 + [0] * 20
+    case = make_ddsm_case(tmp_path / "mass_1", "case0005", {"RIGHT_MLO": (small, [("MASS", 40, 20, codes)])})
+    ics = case / "A_0005_1.ics"
+    ics.write_text(ics.read_text().replace("LINES 75 PIXELS_PER_LINE 100", "LINES 150 PIXELS_PER_LINE 200"))
+    with pytest.warns(KerassegWarning, match="scaled"):
+        ds, _ = prepare("ddsm-bcrp", tmp_path, size=21, val_fraction=0.0)
+    assert ds.boxes.tolist() == [[20, 10, 41, 21]] and list(ds.split) == ["test"]
+    # 50 micron pixels at half resolution = 0.1 mm, box 21 x 11 resized to 21 x 21
+    assert ds.spacing_mm[0] == pytest.approx(0.1 * np.sqrt(21 * 11) / 21)
+
+
+def test_folder_dicom_spacing_and_laterality(tmp_path):
+    img = gradient_image(60, 80)
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:30, 50:60] = 1
+    mask[10:30, 50] = 0  # asymmetric so the mirror is visible
+    write_dicom(tmp_path / "images" / "x1.dcm", img, spacing=(0.1, 0.1), laterality="R")
+    (tmp_path / "masks").mkdir()
+    np.save(tmp_path / "masks" / "x1.npy", mask)
+    plain, _ = prepare("folder", tmp_path, size=20, val_fraction=0.0, test_fraction=0.0)
+    mirrored, _ = prepare("folder", tmp_path, size=20, val_fraction=0.0, test_fraction=0.0, mirror=True)
+    assert plain.boxes.tolist() == [[51, 10, 60, 30]]
+    np.testing.assert_array_equal(mirrored.masks[0], plain.masks[0][:, ::-1])
+    assert plain.spacing_mm[0] == pytest.approx(0.1 * np.sqrt(9 * 20) / 20)
