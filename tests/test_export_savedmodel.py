@@ -159,7 +159,7 @@ def test_loads_without_kerasseg_and_matches_keras(model, exported, rois, tmp_pat
     odd = rng.normal(100, 20, size=(2, 57, 33)).astype(np.float32)
     inp = tmp_path / "in.npz"
     np.savez(inp, raw=xraw, x40=x40, x40c=x40[..., None], odd=odd,
-             rank2=x40[0], chan3=np.repeat(x40[..., None], 3, axis=-1), empty=np.zeros((1, 0, 5), np.float32))
+             rank2=x40[0], rank1=x40[0, 0], rank5=x40[None, ..., None], chan3=np.repeat(x40[..., None], 3, axis=-1), empty=np.zeros((1, 0, 5), np.float32))
     script = tmp_path / "load.py"
     script.write_text(BLOCKED_LOADER)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -188,7 +188,7 @@ def test_loads_without_kerasseg_and_matches_keras(model, exported, rois, tmp_pat
 
     assert res["odd/probability"].shape == (2, 57, 33) and res["odd/mask"].shape == (2, 57, 33)
     assert np.all((res["odd/probability"] >= 0) & (res["odd/probability"] <= 1))
-    for bad in ("rank2", "chan3"):
+    for bad in ("rank2", "rank1", "rank5", "chan3"):
         assert "must be float32 [batch, height, width]" in str(res[f"{bad}/error"])
     assert "height and width must be > 0" in str(res["empty/error"])
 

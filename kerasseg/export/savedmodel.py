@@ -180,13 +180,14 @@ def build_serving_module(model, normalizer=None, source=None):
                  shape],
             )
             with tf.control_dependencies([check]):
-                hw = shape[1:3]
-                nonempty = tf.debugging.Assert(
-                    tf.reduce_all(hw > 0), ["kerasseg: 'image' height and width must be > 0; got shape", shape]
-                )
-            with tf.control_dependencies([nonempty]):
                 x = tf.reshape(image, shape[:3])
             x = tf.ensure_shape(x, [None, None, None])
+            hw = tf.shape(x)[1:3]  # computed after the rank check, so it always has 2 elements
+            nonempty = tf.debugging.Assert(
+                tf.reduce_all(hw > 0), ["kerasseg: 'image' height and width must be > 0; got shape", shape]
+            )
+            with tf.control_dependencies([nonempty]):
+                x = tf.identity(x)
             x4 = x[..., tf.newaxis]
             target = tf.constant([size, size], tf.int32)
             same = tf.reduce_all(tf.equal(hw, target))
