@@ -53,6 +53,11 @@ __all__ = [
     "spatial_kernel_radius",
     "bilateral_grid_shape",
     "intensity_bins",
+    "bilateral_plan",
+    "intensity_plan",
+    "prepare",
+    "messages",
+    "OPTIONS",
     "DEFAULT_TRUNCATE",
 ]
 
@@ -79,14 +84,14 @@ def _static_hw(q):
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
-def _grey(image, q):
+def _grey(image, q=None):
     image = tf.convert_to_tensor(image)
     if image.shape.rank == 3:
         image = image[..., None]
-    if image.shape.rank != 4 or image.shape[-1] != 1:
-        raise KerassegError(f"scalable CRF filtering needs a one-channel image (B, H, W, 1), got {image.shape}")
-    if image.shape[1] is not None and (image.shape[1], image.shape[2]) != tuple(q.shape[1:3]):
-        raise KerassegError(f"image size {tuple(image.shape[1:3])} does not match the label map {tuple(q.shape[1:3])}")
+    if image.shape.rank != 4 or image.shape[-1] != 1 or image.shape[1] is None or image.shape[2] is None:
+        raise KerassegError(
+            f"scalable CRF filtering needs a one-channel image (B, H, W, 1) with static H, W, got {image.shape}"
+        )
     return tf.cast(image[..., 0], tf.float32)
 
 
@@ -180,6 +185,64 @@ def intensity_bins(bins=128):
     return int(bins)
 
 
+class _Splat:
+    """Image-dependent part of a splat-blur-slice filter, computed once and reused per iteration.
+
+    ids/wts: (B, n, K) flat cell index (batch offset included) and linear weight of
+    the K cells each pixel is read from (slice); splat_ids/splat_wts the same for
+    the cells it is written to (defaults: the slice cells); self_w: (B, n) the
+    grid's response to a lone pixel.
+    """
+
+    def __init__(self, h, w, batch, cells, ids, wts, self_w, blur, splat_ids=None, splat_wts=None):
+        self.h, self.w, self.batch, self.cells = h, w, batch, cells
+        self.ids, self.wts, self.self_w, self.blur = ids, wts, self_w, blur
+        self.splat_ids = ids if splat_ids is None else splat_ids
+        self.splat_wts = wts if splat_wts is None else splat_wts
+
+    def __call__(self, q):
+        q = tf.convert_to_tensor(q)
+        h, w, c = _static_hw(q)
+        if (h, w) != (self.h, self.w):
+            raise KerassegError(f"label map {(h, w)} does not match the prepared image {(self.h, self.w)}")
+        dtype = q.dtype
+        n = h * w
+        xf = tf.reshape(tf.cast(q, tf.float32), [self.batch, n, c])
+        data = self.splat_wts[..., None] * xf[:, :, None, :]  # (B, n, K, C)
+        grid = tf.math.unsorted_segment_sum(
+            tf.reshape(data, [-1, c]), tf.reshape(self.splat_ids, [-1]), self.batch * self.cells
+        )
+        blurred = tf.reshape(self.blur(grid, c), [self.batch * self.cells, c])
+        sliced = tf.reduce_sum(tf.gather(blurred, self.ids) * self.wts[..., None], axis=2)  # (B, n, C)
+        out = sliced - self.self_w[..., None] * xf
+        return tf.cast(tf.reshape(out, [self.batch, h, w, c]), dtype)
+
+
+def intensity_plan(image, theta, *, oversample=4.0, bins=128):
+    """Prepare :func:`intensity_message` for ``image`` (B, H, W, 1); returns a callable q -> messages."""
+    theta = _check_theta("intensity theta", theta)
+    bins = int(bins)
+    if bins < 4:
+        raise KerassegError(f"intensity bins must be >= 4, got {bins}")
+    img = _grey(image, None)
+    h, w = int(img.shape[1]), int(img.shape[2])
+    batch = tf.shape(img)[0]
+    n = h * w
+    z0, fz, spacing = _range_coords(img, theta, oversample, bins)
+    z0 = tf.reshape(z0, [batch, n])
+    fz = tf.reshape(fz, [batch, n])
+    base = tf.range(batch)[:, None] * bins + z0  # (B, n)
+    ids = tf.stack([base, base + 1], axis=-1)  # (B, n, 2)
+    wts = tf.stack([1.0 - fz, fz], axis=-1)
+    mat, k0, k1 = _range_blur_matrix(spacing, theta, bins)
+    self_w = _lone_pixel_axis(fz, k0[:, None], k1[:, None])
+
+    def blur(grid, c):
+        return tf.linalg.matmul(mat, tf.reshape(grid, [batch, bins, c]))
+
+    return _Splat(h, w, batch, bins, ids, wts, self_w, blur)
+
+
 def intensity_message(q, image, theta, *, oversample=4.0, bins=128):
     """``sum_{j != i} exp(-|I_i - I_j|^2 / 2 theta^2) q_j`` over all pixel pairs, in O(N + bins^2).
 
@@ -189,42 +252,17 @@ def intensity_message(q, image, theta, *, oversample=4.0, bins=128):
     interpolation; the value a lone pixel would receive is subtracted.
     """
     q = tf.convert_to_tensor(q)
-    h, w, c = _static_hw(q)
-    theta = _check_theta("intensity theta", theta)
-    bins = int(bins)
-    if bins < 4:
-        raise KerassegError(f"intensity bins must be >= 4, got {bins}")
-    dtype = q.dtype
-    x = tf.cast(q, tf.float32)
-    img = _grey(image, q)
-    batch = tf.shape(x)[0]
-    n = h * w
-
-    z0, fz, spacing = _range_coords(img, theta, oversample, bins)
-    z0 = tf.reshape(z0, [batch, n])
-    fz = tf.reshape(fz, [batch, n])
-    xf = tf.reshape(x, [batch, n, c])
-    base = tf.range(batch)[:, None] * bins + z0  # (B, n)
-    ids = tf.stack([base, base + 1], axis=-1)  # (B, n, 2)
-    wts = tf.stack([1.0 - fz, fz], axis=-1)  # (B, n, 2)
-    data = wts[..., None] * xf[:, :, None, :]  # (B, n, 2, C)
-    hist = tf.math.unsorted_segment_sum(tf.reshape(data, [-1, c]), tf.reshape(ids, [-1]), batch * bins)
-    hist = tf.reshape(hist, [batch, bins, c])
-
-    mat, k0, k1 = _range_blur_matrix(spacing, theta, bins)
-    blurred = tf.reshape(tf.linalg.matmul(mat, hist), [batch * bins, c])
-
-    sliced = tf.reduce_sum(tf.gather(blurred, ids) * wts[..., None], axis=2)  # (B, n, C)
-    self_w = _lone_pixel_axis(fz, k0[:, None], k1[:, None])  # (B, n)
-    out = sliced - self_w[..., None] * xf
-    return tf.cast(tf.reshape(out, [batch, h, w, c]), dtype)
+    _static_hw(q)
+    return intensity_plan(image, theta, oversample=oversample, bins=bins)(q)
 
 
 # ---------------------------------------------------------------------------- bilateral grid
 
 
 def _spatial_step(theta_alpha, oversample):
-    return max(1, int(round(theta_alpha / oversample)))
+    """Grid spacing in pixels: the odd integer nearest theta_alpha / oversample (odd, so the
+    nearest-node splat has no ties and no shift)."""
+    return max(1, 2 * int(math.floor((theta_alpha / oversample - 1) / 2 + 0.5)) + 1)
 
 
 def bilateral_grid_shape(height, width, theta_alpha, *, spatial_oversample=2.0, range_bins=32):
@@ -232,6 +270,85 @@ def bilateral_grid_shape(height, width, theta_alpha, *, spatial_oversample=2.0, 
     theta_alpha = _check_theta("bilateral spatial theta", theta_alpha)
     step = _spatial_step(theta_alpha, spatial_oversample)
     return ((height - 1) // step + 2, (width - 1) // step + 2, int(range_bins))
+
+
+def bilateral_plan(
+    image, theta_alpha, theta_beta, *, spatial_oversample=2.0, range_oversample=2.0, range_bins=32, truncate=4.0
+):
+    """Prepare :func:`bilateral_message` for ``image`` (B, H, W, 1); returns a callable q -> messages."""
+    ta = _check_theta("bilateral spatial theta", theta_alpha)
+    tb = _check_theta("bilateral intensity theta", theta_beta)
+    gz = int(range_bins)
+    if gz < 4:
+        raise KerassegError(f"bilateral range_bins must be >= 4, got {gz}")
+    img = _grey(image, None)
+    h, w = int(img.shape[1]), int(img.shape[2])
+    batch = tf.shape(img)[0]
+    n = h * w
+    step = _spatial_step(ta, spatial_oversample)
+    gy, gx, _ = bilateral_grid_shape(h, w, ta, spatial_oversample=spatial_oversample, range_bins=gz)
+    cells = gy * gx * gz
+
+    # Static spatial coordinates (integer step: fractions k/step). Pixels are splatted to
+    # their nearest spatial node (2 grid rows per pixel: linear in intensity only, the
+    # scatter being the costly part) and sliced back with bilinear weights (8 corners).
+    yy = np.arange(h) / step
+    xx = np.arange(w) / step
+    y0 = np.floor(yy).astype(np.int64)
+    x0 = np.floor(xx).astype(np.int64)
+    fy = yy - y0
+    fx = xx - x0
+    ym = np.floor(yy + 0.5).astype(np.int64)  # nearest node
+    xm = np.floor(xx + 0.5).astype(np.int64)
+    Y0, X0 = np.meshgrid(y0, x0, indexing="ij")
+    FY, FX = np.meshgrid(fy, fx, indexing="ij")
+    YM, XM = np.meshgrid(ym, xm, indexing="ij")
+    sp_base = (Y0 * gx + X0).reshape(-1) * gz  # (n,)
+    offs, cw = [], []
+    for dy in (0, 1):
+        for dx in (0, 1):
+            offs.append((dy * gx + dx) * gz)
+            cw.append(((FY if dy else 1 - FY) * (FX if dx else 1 - FX)).reshape(-1))
+    sp_ids = tf.constant(np.stack([sp_base + o for o in offs], -1).astype(np.int32))  # (n, 4)
+    sp_w = tf.constant(np.stack(cw, -1).astype(np.float32))  # (n, 4)
+    sp_near = tf.constant(((YM * gx + XM).reshape(-1) * gz).astype(np.int32))  # (n,)
+
+    z0, fz, spacing = _range_coords(img, tb, range_oversample, gz)
+    z0 = tf.reshape(z0, [batch, n])
+    fz = tf.reshape(fz, [batch, n])
+    boff = tf.range(batch)[:, None] * cells
+    base = boff[:, :, None] + sp_ids[None] + z0[:, :, None]  # (B, n, 4)
+    ids = tf.concat([base, base + 1], axis=-1)  # (B, n, 8)
+    wts = tf.concat([sp_w[None] * (1.0 - fz)[:, :, None], sp_w[None] * fz[:, :, None]], axis=-1)
+    near = boff + sp_near[None] + z0  # (B, n)
+    splat_ids = tf.stack([near, near + 1], axis=-1)  # (B, n, 2)
+    splat_wts = tf.stack([1.0 - fz, fz], axis=-1)
+
+    # blur along space: separable Gaussian in grid cells (static taps), narrowed and
+    # rescaled for the nearest splat (variance (s^2-1)/12) and linear slice ((s^2-1)/6)
+    sig_p = _blur_sigma(ta, (step**2 - 1) / 4.0)
+    amp_p = ta / sig_p
+    radius = max(1, int(math.ceil(truncate * sig_p / step)))
+    d = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = amp_p * np.exp(-((d * step) ** 2) / (2 * sig_p**2))
+    # blur along intensity: per-image (gz x gz) Gaussian matrix
+    mat, k0z, k1z = _range_blur_matrix(spacing, tb, gz)
+
+    k1p = amp_p * math.exp(-(step**2) / (2 * sig_p**2))
+
+    def lone(f, near_is_upper):  # slice weights (1-f, f) read from nodes (y0, y0+1); splat at the nearest
+        return np.where(near_is_upper, (1 - f) * k1p + f * amp_p, (1 - f) * amp_p + f * k1p)
+
+    self_sp = (lone(FY, YM > Y0) * lone(FX, XM > X0)).reshape(-1)
+    self_w = tf.constant(self_sp.astype(np.float32))[None] * _lone_pixel_axis(fz, k0z[:, None], k1z[:, None])
+
+    def blur(grid, c):
+        g = tf.reshape(grid, [batch, gy, gx, gz * c])
+        g = _depthwise_1d(_depthwise_1d(g, taps, 1), taps, 2)
+        g = tf.reshape(g, [batch, gy * gx, gz, c])
+        return tf.einsum("bzk,bnkc->bnzc", mat, g)
+
+    return _Splat(h, w, batch, cells, ids, wts, self_w, blur, splat_ids, splat_wts)
 
 
 def bilateral_message(
@@ -251,73 +368,83 @@ def bilateral_message(
     with grid cells ~ N / step^2 (step = round(ta / spatial_oversample) pixels).
     """
     q = tf.convert_to_tensor(q)
-    h, w, c = _static_hw(q)
-    ta = _check_theta("bilateral spatial theta", theta_alpha)
-    tb = _check_theta("bilateral intensity theta", theta_beta)
-    gz = int(range_bins)
-    if gz < 4:
-        raise KerassegError(f"bilateral range_bins must be >= 4, got {gz}")
-    dtype = q.dtype
-    x = tf.cast(q, tf.float32)
-    img = _grey(image, q)
-    batch = tf.shape(x)[0]
-    n = h * w
+    _static_hw(q)
+    plan = bilateral_plan(
+        image,
+        theta_alpha,
+        theta_beta,
+        spatial_oversample=spatial_oversample,
+        range_oversample=range_oversample,
+        range_bins=range_bins,
+        truncate=truncate,
+    )
+    return plan(q)
 
-    step = _spatial_step(ta, spatial_oversample)
-    gy, gx, _ = bilateral_grid_shape(h, w, ta, spatial_oversample=spatial_oversample, range_bins=gz)
-    cells = gy * gx * gz
 
-    # static spatial splat coordinates (integer step: fractions k/step)
-    yy = np.arange(h) / step
-    xx = np.arange(w) / step
-    y0 = np.floor(yy).astype(np.int32)
-    x0 = np.floor(xx).astype(np.int32)
-    fy = (yy - y0).astype(np.float32)
-    fx = (xx - x0).astype(np.float32)
-    Y0, X0 = np.meshgrid(y0, x0, indexing="ij")
-    FY, FX = np.meshgrid(fy, fx, indexing="ij")
-    sp_base = (Y0 * gx + X0).reshape(-1) * gz  # (n,)
-    corner_off, corner_w = [], []
-    for dy in (0, 1):
-        for dx in (0, 1):
-            corner_off.append((dy * gx + dx) * gz)
-            corner_w.append(((FY if dy else 1 - FY) * (FX if dx else 1 - FX)).reshape(-1))
-    sp_ids = tf.constant(np.stack([sp_base + o for o in corner_off], -1).astype(np.int32))  # (n, 4)
-    sp_w = tf.constant(np.stack(corner_w, -1).astype(np.float32))  # (n, 4)
+# ---------------------------------------------------------------------------- CRFRNN backend
 
-    z0, fz, spacing = _range_coords(img, tb, range_oversample, gz)
-    z0 = tf.reshape(z0, [batch, n])
-    fz = tf.reshape(fz, [batch, n])
-    base = tf.range(batch)[:, None, None] * cells + sp_ids[None] + z0[:, :, None]  # (B, n, 4)
-    ids = tf.concat([base, base + 1], axis=-1)  # (B, n, 8)
-    wts = tf.concat(
-        [sp_w[None] * (1.0 - fz)[:, :, None], sp_w[None] * fz[:, :, None]], axis=-1
-    )  # (B, n, 8)
+#: Grid settings used by CRFRNN(mode="scalable"); change them before building a layer to trade
+#: accuracy for speed (documented in docs/benchmarks.md).
+OPTIONS = {
+    "truncate": DEFAULT_TRUNCATE,
+    "bilateral_spatial_oversample": 2.0,
+    "bilateral_range_oversample": 2.0,
+    "bilateral_range_bins": 32,
+    "intensity_oversample": 4.0,
+    "intensity_bins": 128,
+}
 
-    xf = tf.reshape(x, [batch, n, c])
-    data = wts[..., None] * xf[:, :, None, :]  # (B, n, 8, C)
-    grid = tf.math.unsorted_segment_sum(tf.reshape(data, [-1, c]), tf.reshape(ids, [-1]), batch * cells)
 
-    # blur along space: separable Gaussian in grid cells (static taps), amplitude corrected
-    var_p = ta**2 - (step**2 - 1) / 3.0
-    sig_p = _blur_sigma(ta, (step**2 - 1) / 3.0)
-    amp_p = ta / sig_p
-    radius = max(1, int(math.ceil(truncate * sig_p / step)))
-    d = np.arange(-radius, radius + 1, dtype=np.float64)
-    taps = amp_p * np.exp(-((d * step) ** 2) / (2 * sig_p**2))
-    del var_p
-    g = tf.reshape(grid, [batch, gy, gx, gz * c])
-    g = _depthwise_1d(_depthwise_1d(g, taps, 1), taps, 2)
-    # blur along intensity: per-image (gz x gz) Gaussian matrix
-    mat, k0z, k1z = _range_blur_matrix(spacing, tb, gz)
-    g = tf.reshape(g, [batch, gy * gx, gz, c])
-    g = tf.einsum("bzk,bnkc->bnzc", mat, g)
-    blurred = tf.reshape(g, [batch * cells, c])
+def _static_bandwidth(name, value):
+    static = tf.get_static_value(value)
+    if static is None:
+        raise KerassegError(
+            f"CRFRNN: the scalable CRF needs fixed bandwidths (its grid sizes depend on them), "
+            f"but {name} is trainable; use trainable_bandwidths=False with mode='scalable'"
+        )
+    return float(np.asarray(static))
 
-    sliced = tf.reduce_sum(tf.gather(blurred, ids) * wts[..., None], axis=2)  # (B, n, C)
-    k0p = amp_p
-    k1p = amp_p * math.exp(-(step**2) / (2 * sig_p**2))
-    self_sp = (_lone_pixel_axis(FY, k0p, k1p) * _lone_pixel_axis(FX, k0p, k1p)).reshape(-1).astype(np.float32)
-    self_w = tf.constant(self_sp)[None] * _lone_pixel_axis(fz, k0z[:, None], k1z[:, None])  # (B, n)
-    out = sliced - self_w[..., None] * xf
-    return tf.cast(tf.reshape(out, [batch, h, w, c]), dtype)
+
+def prepare(image, *, kernels, bandwidths):
+    """CRFRNN backend hook: per-call state (one filter per kernel, image-dependent parts precomputed).
+
+    image: (B, H, W, 1); kernels: names in ("spatial", "bilateral", "intensity");
+    bandwidths: dict of scalar tensors/floats ``spatial``, ``alpha``, ``beta``, ``intensity``.
+    """
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank != 4 or image.shape[-1] != 1:
+        raise KerassegError(f"CRFRNN scalable mode needs a one-channel image (B, H, W, 1), got {image.shape}")
+    o = OPTIONS
+    plans = []
+    for k in kernels:
+        if k == "spatial":
+            theta = _static_bandwidth("theta_spatial", bandwidths["spatial"])
+            plans.append(lambda q, t=theta: spatial_message(q, t, o["truncate"]))
+        elif k == "bilateral":
+            plans.append(
+                bilateral_plan(
+                    image,
+                    _static_bandwidth("theta_alpha", bandwidths["alpha"]),
+                    _static_bandwidth("theta_beta", bandwidths["beta"]),
+                    spatial_oversample=o["bilateral_spatial_oversample"],
+                    range_oversample=o["bilateral_range_oversample"],
+                    range_bins=o["bilateral_range_bins"],
+                )
+            )
+        elif k == "intensity":
+            plans.append(
+                intensity_plan(
+                    image,
+                    _static_bandwidth("theta_intensity", bandwidths["intensity"]),
+                    oversample=o["intensity_oversample"],
+                    bins=o["intensity_bins"],
+                )
+            )
+        else:
+            raise KerassegError(f"unknown CRF kernel {k!r}")
+    return tuple(plans)
+
+
+def messages(q, state):
+    """CRFRNN backend hook: the messages of every kernel for label map ``q``, in kernel order."""
+    return [plan(q) for plan in state]

@@ -1,0 +1,220 @@
+"""Linear-cost CRF filtering (kerasseg.layers.crf_filters) against the dense NumPy float64 form."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerasseg.errors import KerassegError
+from kerasseg.layers import crf_filters as cf
+from kerasseg.layers.crf import CRFRNN
+
+
+def _images(rng, b=2, h=40, w=40):
+    yy, xx = np.mgrid[:h, :w]
+    imgs, unary = [], []
+    for _ in range(b):
+        cy, cx, r = rng.uniform(h * 0.35, h * 0.65), rng.uniform(w * 0.35, w * 0.65), rng.uniform(6, 11)
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(float)
+        imgs.append(1.5 * m + 0.4 * rng.standard_normal((h, w)))
+        logit = 2 * (m - 0.5) + 1.2 * rng.standard_normal((h, w))
+        unary.append(np.stack([-logit, logit], -1) / 2)
+    img = np.array(imgs)[..., None]
+    img = (img - img.mean()) / img.std()
+    return img.astype(np.float32), np.array(unary, np.float32)
+
+
+def _dense(q, kernel_fn):
+    """sum_{j != i} K_ij q_j in float64, K from kernel_fn(b) (P, P)."""
+    b, h, w, c = q.shape
+    out = []
+    for i in range(b):
+        k = kernel_fn(i)
+        np.fill_diagonal(k, 0.0)
+        out.append((k @ q[i].reshape(-1, c).astype(np.float64)).reshape(h, w, c))
+    return np.stack(out)
+
+
+def _pos_d2(h, w):
+    yy, xx = np.mgrid[:h, :w]
+    p = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.float64)
+    return ((p[:, None] - p[None]) ** 2).sum(-1)
+
+
+def _q(rng, b, h, w, c=2):
+    q = rng.random((b, h, w, c))
+    return (q / q.sum(-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("theta,h,w", [(1.0, 40, 40), (3.0, 24, 40), (3.0, 40, 40)])
+def test_spatial_matches_dense(rng, theta, h, w):
+    q = _q(rng, 2, h, w)
+    d2 = _pos_d2(h, w)
+    ref = _dense(q, lambda i: np.exp(-d2 / (2 * theta**2)))
+    got = cf.spatial_message(tf.constant(q), theta).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("ta,tb", [(3.0, 0.3), (5.0, 0.5), (10.0, 1.0)])
+def test_bilateral_matches_dense(rng, ta, tb):
+    img, _ = _images(rng)
+    q = _q(rng, 2, 40, 40)
+    d2 = _pos_d2(40, 40)
+    feats = img.reshape(2, -1).astype(np.float64)
+    ref = _dense(q, lambda i: np.exp(-d2 / (2 * ta**2) - (feats[i][:, None] - feats[i][None]) ** 2 / (2 * tb**2)))
+    got = cf.bilateral_message(tf.constant(q), tf.constant(img), ta, tb).numpy()
+    err = np.abs(got - ref)
+    # stated tolerance: mean error <= 2% of the mean message, worst pixel <= 6% of the largest message
+    assert err.mean() <= 0.02 * np.abs(ref).mean()
+    assert err.max() <= 0.06 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("theta", [0.2, 1.0])
+def test_intensity_matches_dense(rng, theta):
+    img, _ = _images(rng)
+    q = _q(rng, 2, 40, 40)
+    feats = img.reshape(2, -1).astype(np.float64)
+    ref = _dense(q, lambda i: np.exp(-((feats[i][:, None] - feats[i][None]) ** 2) / (2 * theta**2)))
+    got = cf.intensity_message(tf.constant(q), tf.constant(img), theta).numpy()
+    err = np.abs(got - ref)
+    assert err.mean() <= 0.01 * np.abs(ref).mean()
+    assert err.max() <= 0.03 * np.abs(ref).max()
+
+
+def test_self_term_removed_for_lone_pixel():
+    """A single non-zero pixel receives (almost) nothing from itself in every kernel."""
+    q = np.zeros((1, 40, 40, 2), np.float32)
+    q[0, 17, 22, 1] = 1.0
+    img = np.random.default_rng(0).standard_normal((1, 40, 40, 1)).astype(np.float32)
+    for m in (
+        cf.spatial_message(q, 3.0),
+        cf.bilateral_message(q, img, 5.0, 0.5),
+        cf.intensity_message(q, img, 1.0),
+    ):
+        assert abs(float(m[0, 17, 22, 1])) < 1e-4
+
+
+@pytest.mark.parametrize("kernels", [("spatial", "bilateral"), ("spatial", "bilateral", "intensity")])
+def test_crfrnn_scalable_agrees_with_exact(rng, kernels):
+    img, unary = _images(rng, b=4)
+    exact = CRFRNN(kernels=kernels, mode="exact")([unary, img]).numpy()
+    scal = CRFRNN(kernels=kernels, mode="scalable")([unary, img]).numpy()
+    # the CRF must actually change the labels for the agreement to mean something
+    assert ((exact[..., 1] > 0.5) != (unary[..., 1] > 0)).mean() > 0.05
+    assert np.abs(exact - scal).mean() < 0.02
+    assert ((exact[..., 1] > 0.5) == (scal[..., 1] > 0.5)).mean() >= 0.99
+
+
+def _graph_elements(fn, size):
+    """Total elements of every intermediate tensor in the traced graph (batch 1)."""
+    spec = [tf.TensorSpec([1, size, size, 2], tf.float32), tf.TensorSpec([1, size, size, 1], tf.float32)]
+    graph = tf.function(fn).get_concrete_function(*spec).graph
+    total = 0
+    for op in graph.get_operations():
+        for t in op.outputs:
+            if t.shape.is_fully_defined():
+                total += int(np.prod(t.shape.as_list() or [1]))
+    return total
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda q, x: cf.spatial_message(q, 3.0),
+        lambda q, x: cf.bilateral_message(q, x, 5.0, 0.5),
+        lambda q, x: cf.intensity_message(q, x, 1.0),
+    ],
+    ids=["spatial", "bilateral", "intensity"],
+)
+def test_memory_grows_linearly_with_pixels(fn):
+    small, big = _graph_elements(fn, 64), _graph_elements(fn, 256)
+    ratio = big / small
+    assert 8 <= ratio <= 16 * 1.15, ratio  # pixels x16; quadratic would be x256
+
+
+def test_grid_and_kernel_sizes_scale_linearly():
+    for ta in (3.0, 5.0, 10.0):
+        gy, gx, gz = cf.bilateral_grid_shape(512, 512, ta)
+        gy2, gx2, gz2 = cf.bilateral_grid_shape(1024, 1024, ta)
+        assert gz == gz2
+        assert (gy2 * gx2) / (gy * gx) == pytest.approx(4.0, rel=0.02)
+    assert cf.spatial_kernel_radius(3.0, 512) == cf.spatial_kernel_radius(3.0, 4096) <= 16
+    assert cf.spatial_kernel_radius(3.0, 10) == 9  # clipped to the image: exact
+
+
+def test_runs_at_512_where_exact_refuses(rng):
+    img = rng.standard_normal((1, 512, 512, 1)).astype(np.float32)
+    unary = rng.standard_normal((1, 512, 512, 2)).astype(np.float32)
+    with pytest.raises(KerassegError, match="scalable"):
+        CRFRNN(mode="exact")([unary, img])
+    layer = CRFRNN(kernels=("spatial", "bilateral", "intensity"), mode="scalable", iterations_test=2)
+    out = layer([unary, img]).numpy()
+    assert out.shape == (1, 512, 512, 2)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
+
+
+def test_auto_mode_dispatch(rng, monkeypatch):
+    calls = []
+    real = cf.prepare
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cf, "prepare", spy)
+    small_img, small_un = _images(rng, b=1)
+    CRFRNN(mode="auto", iterations_test=1)([small_un, small_img])
+    assert calls == []
+    big_img = rng.standard_normal((1, 80, 80, 1)).astype(np.float32)
+    big_un = rng.standard_normal((1, 80, 80, 2)).astype(np.float32)
+    out = CRFRNN(mode="auto", iterations_test=1)([big_un, big_img])
+    assert calls == [1] and out.shape == (1, 80, 80, 2)
+
+
+def test_gradients_flow_to_unary_and_image(rng):
+    img, unary = _images(rng, b=2)
+    layer = CRFRNN(kernels=("spatial", "bilateral", "intensity"), mode="scalable", iterations_train=3)
+    u, x = tf.Variable(unary), tf.Variable(img)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer([u, x], training=True)[..., 1] ** 2)
+    gu, gx, gw = tape.gradient(loss, [u, x, layer.kernel_weights])
+    for g in (gu, gx, gw):
+        assert g is not None and np.isfinite(g.numpy()).all() and np.abs(g.numpy()).sum() > 0
+
+
+def test_bad_parameters():
+    q = np.zeros((1, 8, 8, 2), np.float32)
+    with pytest.raises(KerassegError, match="theta"):
+        cf.spatial_message(q, 0.0)
+    with pytest.raises(KerassegError, match="theta"):
+        cf.bilateral_message(q, q[..., :1], 3.0, -1.0)
+    with pytest.raises(KerassegError, match="one-channel"):
+        cf.intensity_message(q, q, 1.0)
+    layer = CRFRNN(mode="scalable", trainable_bandwidths=True)
+    with pytest.raises(KerassegError, match="trainable"):  # traced (as in fit/export): no static bandwidth
+        tf.function(lambda u, x: layer([u, x]), autograph=False)(q, q[..., :1])
+
+
+def test_savedmodel_scalable_roundtrip(rng, tmp_path):
+    import keras
+
+    img, unary = _images(rng, b=2)
+    u_in = keras.Input((40, 40, 2))
+    x_in = keras.Input((40, 40, 1))
+    out = CRFRNN(kernels=("spatial", "bilateral", "intensity"), mode="scalable")([u_in, x_in])
+    model = keras.Model([u_in, x_in], out)
+    expected = model([unary, img]).numpy()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 40, 40, 2]), tf.TensorSpec([None, 40, 40, 1])])
+    def serve(u, x):
+        return {"prob": model([u, x], training=False)}
+
+    module = tf.Module()
+    module.model = model
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": serve})
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    got = loaded.signatures["serving_default"](u=tf.constant(unary), x=tf.constant(img))["prob"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    one = loaded.signatures["serving_default"](u=tf.constant(unary[:1]), x=tf.constant(img[:1]))["prob"].numpy()
+    np.testing.assert_allclose(one, expected[:1], atol=1e-5)
