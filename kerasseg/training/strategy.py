@@ -20,18 +20,18 @@ from kerasseg.errors import KerassegError
 
 
 def _ensure_logical_cpus(n: int) -> list[str]:
-    cpus = tf.config.list_physical_devices("CPU")
-    logical = tf.config.list_logical_devices("CPU")
-    if len(logical) >= n:
-        return [d.name for d in logical[:n]]
+    cpus = tf.config.list_physical_devices("CPU")  # does not initialise the runtime
     try:
         tf.config.set_logical_device_configuration(
             cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
-    except RuntimeError:
+    except RuntimeError:  # runtime already initialised: use what exists if it is enough
+        pass
+    logical = tf.config.list_logical_devices("CPU")
+    if len(logical) < n:
         raise KerassegError(
             f"--devices {n}: TensorFlow is already initialised with {len(logical)} CPU device(s); "
-            "request the devices before any TensorFlow work (e.g. in a fresh process)") from None
-    return [d.name for d in tf.config.list_logical_devices("CPU")[:n]]
+            "request the devices before any TensorFlow work (e.g. in a fresh process)")
+    return [d.name for d in logical[:n]]
 
 
 def get_strategy(devices: int | None = None) -> tf.distribute.Strategy:

@@ -1,0 +1,190 @@
+"""Callbacks that make a run directory crash-safe.
+
+Both callbacks keep their state in files that are rewritten atomically at the end of every
+epoch, *before* ``BackupAndRestore`` records the epoch as done; when a killed run resumes at
+epoch ``e`` they drop whatever they had written for epochs ``>= e``, so ``history.csv`` holds
+every epoch exactly once and best-model selection only sees completed epochs.
+Epoch numbers in the files are 1-based.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_history(path) -> list[dict]:
+    """Rows of a ``history.csv`` as dicts (numbers as float, ``epoch`` as int)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for r in rows:
+        row = {}
+        for k, v in r.items():
+            try:
+                row[k] = int(v) if k == "epoch" else float(v)
+            except (TypeError, ValueError):
+                row[k] = v
+        out.append(row)
+    return out
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """``history.csv`` with one row per completed epoch; rows of re-run epochs are replaced."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        e = epoch + 1
+        rows = [r for r in read_history(self.path) if r.get("epoch", 0) < e]
+        row = {"epoch": e}
+        row.update({k: float(v) for k, v in sorted((logs or {}).items())})
+        rows.append(row)
+        keys = ["epoch"] + sorted({k for r in rows for k in r if k != "epoch"})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys, restval="")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+class BestModel(keras.callbacks.Callback):
+    """Save ``net`` to ``model.keras`` whenever the monitored validation metric improves;
+    stop after ``patience`` epochs without improvement (0 = never stop early).
+
+    State (per-epoch scores) lives in ``state_path``; the model file is written atomically.
+    """
+
+    def __init__(self, net, model_path, state_path, monitor="val_dice", patience=0):
+        super().__init__()
+        self.net = net
+        self.model_path = Path(model_path)
+        self.state_path = Path(state_path)
+        self.monitor = monitor
+        self.patience = int(patience)
+        self._started = False
+        self.scores: dict[int, float] = {}
+        self.saved_epoch: int | None = None
+
+    # ------------------------------------------------------------------ state
+    def _load(self):
+        if self.state_path.is_file():
+            try:
+                st = json.loads(self.state_path.read_text())
+                self.scores = {int(k): float(v) for k, v in st.get("scores", {}).items()}
+                self.saved_epoch = st.get("saved_epoch")
+            except (ValueError, OSError):
+                self.scores, self.saved_epoch = {}, None
+
+    def _save(self):
+        atomic_write_text(self.state_path, json.dumps(
+            {"monitor": self.monitor, "scores": self.scores, "saved_epoch": self.saved_epoch,
+             "best_epoch": self.best_epoch, "best": self.best}, indent=1))
+
+    @property
+    def best_epoch(self):
+        if not self.scores:
+            return None
+        return max(self.scores, key=lambda e: (self.scores[e], -e))
+
+    @property
+    def best(self):
+        b = self.best_epoch
+        return None if b is None else self.scores[b]
+
+    # -------------------------------------------------------------- callbacks
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._started:
+            return
+        self._started = True
+        self._load()
+        e = epoch + 1
+        self.scores = {k: v for k, v in self.scores.items() if k < e}
+        if self.saved_epoch is not None and self.saved_epoch >= e:
+            # the saved model came from an epoch that was not completed: it is replaced by
+            # the next epoch's model (the earlier best weights are gone)
+            self.scores = {k: -math.inf for k in self.scores}
+            self.saved_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        e = epoch + 1
+        value = (logs or {}).get(self.monitor)
+        value = -math.inf if value is None or not math.isfinite(float(value)) else float(value)
+        previous = max(self.scores.values(), default=-math.inf)
+        self.scores[e] = value
+        if value > previous or self.saved_epoch is None:
+            tmp = self.model_path.with_name(f".{self.model_path.stem}.tmp.keras")
+            self.net.save(tmp)
+            os.replace(tmp, self.model_path)
+            self.saved_epoch = e
+        self._save()
+        if self.patience > 0 and self.best_epoch is not None and e - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+
+
+class ScalarLogger(keras.callbacks.Callback):
+    """TensorBoard scalars per epoch (``<logdir>/train`` and ``<logdir>/validation``).
+
+    Written with the core ``tf.summary.write`` op and the scalar plugin's metadata, so it works
+    without the ``tensorboard`` package installed (``keras.callbacks.TensorBoard`` needs it).
+    """
+
+    def __init__(self, logdir):
+        super().__init__()
+        self.logdir = Path(logdir)
+        self._writers = {}
+
+    def _writer(self, name):
+        import tensorflow as tf
+
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.logdir / name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        meta = summary_pb2.SummaryMetadata()
+        meta.plugin_data.plugin_name = "scalars"
+        for key, value in (logs or {}).items():
+            split, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self._writer(split).as_default():
+                tf.summary.write(f"epoch_{tag}", tf.constant(float(value), tf.float32),
+                                 step=epoch + 1, metadata=meta)
+        for w in self._writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self._writers.values():
+            w.close()
+        self._writers = {}

@@ -1,0 +1,265 @@
+"""``fit``: train one config on one dataset into a crash-safe run directory (Contract 4).
+
+Run directory layout::
+
+    config.yaml      resolved config (dataset overrides applied, epochs/seed as used)
+    normalizer.json  the Normalizer fitted on the TRAIN split
+    model.keras      the network (functional, dict outputs) of the best VALIDATION-Dice epoch
+    history.csv      one row per completed epoch (1-based), loss/clean_loss/adv_loss/dice, val_*
+    run.json         versions, seed, data hash, best epoch, val/test Dice, status
+    tb/              TensorBoard logs
+    backup/          BackupAndRestore state; present only while a run is unfinished
+
+Re-running the same command on an unfinished run directory resumes from the last completed
+epoch (also after SIGKILL); Ctrl-C stops after the current batch, keeps the backup and writes
+``run.json`` with ``status: interrupted``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerasseg.errors import KerassegError, warn
+
+
+@dataclass
+class RunResult:
+    """What :func:`fit` returns (also written to ``run.json``)."""
+
+    run_dir: str
+    status: str               # "finished" | "interrupted"
+    epochs_run: int
+    best_epoch: int | None
+    val_dice: float | None
+    test_dice: float | None
+    seconds: float
+
+    def summary(self) -> str:
+        def f(v):
+            return "n/a" if v is None else f"{v:.4f}"
+        return (f"{self.status}: best epoch {self.best_epoch} of {self.epochs_run}, "
+                f"val Dice {f(self.val_dice)}, test Dice {f(self.test_dice)}, run dir {self.run_dir}")
+
+
+def _arch_kwargs(cfg: dict) -> dict:
+    m = cfg["model"]
+    if m["arch"] in ("unet", "resunet"):
+        return {"kernel_size": m["kernel_size"], "filters": tuple(m["filters"]), "dropout": m["dropout"]}
+    if m["arch"] == "fcn":
+        return {"fcn_variant": m["fcn_variant"]}
+    return {}
+
+
+def _optimizer(cfg: dict):
+    import keras
+
+    t = cfg["train"]
+    cls = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
+           "rmsprop": keras.optimizers.RMSprop}[t["optimizer"]]
+    return cls(learning_rate=t["learning_rate"])
+
+
+def build_training_model(cfg: dict, input_size: int, prior=None):
+    """The compiled :class:`SegmentationModel` for a resolved config (call inside a strategy scope)."""
+    from kerasseg.models import build_model
+    from kerasseg.training.adversarial import SegmentationModel
+
+    net = build_model(cfg["model"]["arch"], input_size=input_size, crf=cfg["crf"],
+                      prior=prior if cfg["model"]["position_prior"] else None, **_arch_kwargs(cfg))
+    model = SegmentationModel(net, lam=cfg["loss"]["lambda"], l2=cfg["loss"]["l2"],
+                              adversarial=cfg["train"]["adversarial"],
+                              epsilon=cfg["train"]["epsilon"])
+    model.compile(optimizer=_optimizer(cfg))
+    model(np.zeros((1, input_size, input_size, 1), np.float32))  # build (BackupAndRestore needs it)
+    return model
+
+
+def _versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    from kerasseg import __version__
+
+    return {"kerasseg": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _dice(net, images, masks, batch_size=64) -> float:
+    from kerasseg.models import final_key
+
+    key = final_key(net)
+    probs = []
+    for i in range(0, len(images), batch_size):
+        out = net(images[i:i + batch_size, ..., None].astype(np.float32), training=False)
+        probs.append(np.asarray(out[key])[..., 1])
+    p = np.concatenate(probs) > 0.5
+    t = masks.astype(bool)
+    inter = (p & t).sum((1, 2)).astype(np.float64)
+    den = (p.sum((1, 2)) + t.sum((1, 2))).astype(np.float64)
+    return float(np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0).mean())
+
+
+def _is_chief() -> bool:
+    tf_config = os.environ.get("TF_CONFIG")
+    if not tf_config:
+        return True
+    try:
+        task = json.loads(tf_config).get("task", {})
+    except ValueError:
+        return True
+    return task.get("type", "worker") in ("chief",) or (
+        task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0)
+
+
+def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, devices=None,
+        dataset=None, verbose="auto") -> RunResult:
+    """Train ``config`` on ``data`` (None/"phantom" = built-in phantom, else a .npz) into ``out_dir``.
+
+    ``epochs``/``seed`` override the config; ``devices`` picks the replicas
+    (:func:`~kerasseg.training.strategy.get_strategy`); ``dataset`` (inbreast|ddsm|phantom)
+    selects the config's ``datasets`` section (default: from the data file's ``source``).
+    """
+    from kerasseg.training.strategy import get_strategy
+
+    strategy = get_strategy(devices)  # before any other TensorFlow work (logical CPUs)
+
+    import keras
+    import tensorflow as tf
+
+    from kerasseg.config import apply_dataset, dataset_key, resolve_config, save_config
+    from kerasseg.data.dataset import load_data
+    from kerasseg.data.pipeline import Normalizer, make_tf_dataset
+    from kerasseg.layers.prior import prior_from_masks
+    from kerasseg.training.callbacks import BestModel, HistoryCSV, ScalarLogger, atomic_write_text
+
+    t0 = time.time()
+    ds = load_data(data)
+    cfg = resolve_config(config)
+    key = dataset or dataset_key(ds.source)
+    cfg = apply_dataset(cfg, key)
+    if epochs is not None:
+        if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+            raise KerassegError(f"--epochs must be a positive integer, got {epochs!r}")
+        cfg["train"]["epochs"] = int(epochs)
+    if seed is not None:
+        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+            raise KerassegError(f"--seed must be a non-negative integer, got {seed!r}")
+        cfg["train"]["seed"] = int(seed)
+    seed = cfg["train"]["seed"]
+    if ds.size != cfg["data"]["size"]:
+        warn(f"data ROIs are {ds.size}x{ds.size}, config data.size is {cfg['data']['size']}; "
+             f"using {ds.size}")
+        cfg["data"]["size"] = ds.size
+    counts = ds.counts()
+    for split in ("train", "val"):
+        if counts[split] == 0:
+            raise KerassegError(f"the data has no {split!r} ROIs (counts {counts}); training needs "
+                                "train and val splits (best model chosen on val)", data)
+
+    chief = _is_chief()
+    out = Path(out_dir or f"runs/{cfg['name']}")
+    if not chief:
+        out = out / f".worker-{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
+    out.mkdir(parents=True, exist_ok=True)
+    run_json = out / "run.json"
+    backup = out / "backup"
+    resuming = backup.is_dir()
+    if run_json.is_file() and not resuming:
+        try:
+            status = json.loads(run_json.read_text()).get("status")
+        except ValueError:
+            status = None
+        if status == "finished":
+            raise KerassegError("holds a finished run; choose another --out or delete it", out)
+    cfg_text_path = out / "config.yaml"
+    if resuming and cfg_text_path.is_file():
+        from kerasseg.config import to_yaml
+        if cfg_text_path.read_text() != to_yaml(cfg):
+            raise KerassegError("holds an unfinished run of a different config/options; "
+                                "use the same command to resume or another --out", out)
+    _repair_backup(backup)
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+    train, val = ds.subset("train"), ds.subset("val")
+    norm = Normalizer(cfg["data"]["normalization"], cfg["data"]["enhancement"]).fit(train.images)
+    x_tr, x_val = norm(train.images), norm(val.images)
+    prior = prior_from_masks(train.masks) if cfg["model"]["position_prior"] else None
+
+    replicas = strategy.num_replicas_in_sync
+    bs = cfg["train"]["batch_size"]
+    if bs % replicas:
+        new = int(math.ceil(bs / replicas) * replicas)
+        warn(f"batch_size {bs} is not a multiple of the {replicas} replicas; using {new}")
+        bs = new
+    train_ds = make_tf_dataset(x_tr, train.masks, bs, training=True, seed=seed,
+                               flips=cfg["data"]["flips"])
+    val_ds = make_tf_dataset(x_val, val.masks, bs, training=False)
+
+    save_config(cfg, cfg_text_path)
+    atomic_write_text(out / "normalizer.json", json.dumps(norm.get_config()))
+    with strategy.scope():
+        model = build_training_model(cfg, ds.size, prior)
+
+    best = BestModel(model.net, out / "model.keras", out / "best_state.json",
+                     monitor="val_dice", patience=cfg["train"]["patience"])
+    callbacks = [
+        HistoryCSV(out / "history.csv"),
+        best,
+        ScalarLogger(out / "tb"),
+        keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch", delete_checkpoint=True,
+                                         double_checkpoint=True),
+    ]
+    meta = {"config": cfg["name"], "dataset": key, "data": data or "phantom",
+            "data_hash": ds.data_hash(), "counts": counts, "seed": seed,
+            "replicas": replicas, "global_batch_size": bs, "strategy": type(strategy).__name__,
+            "versions": _versions(), "resumed": resuming}
+    status = "finished"
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg["train"]["epochs"],
+                  callbacks=callbacks, verbose=verbose)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    from kerasseg.training.callbacks import read_history
+
+    hist = read_history(out / "history.csv")
+    if not (out / "model.keras").exists():
+        model.net.save(out / ".model.tmp.keras")
+        os.replace(out / ".model.tmp.keras", out / "model.keras")
+    from kerasseg.training.run import load_run
+
+    net, _, _ = load_run(out)
+    val_dice = _dice(net, x_val, val.masks)
+    test_dice = None
+    if counts["test"]:
+        test = ds.subset("test")
+        test_dice = _dice(net, norm(test.images), test.masks)
+    result = RunResult(run_dir=str(out), status=status, epochs_run=len(hist),
+                       best_epoch=best.best_epoch, val_dice=val_dice, test_dice=test_dice,
+                       seconds=round(time.time() - t0, 1))
+    meta.update(asdict(result))
+    atomic_write_text(run_json, json.dumps(meta, indent=2))
+    return result
+
+
+def _repair_backup(backup: Path) -> None:
+    """If a kill left the backup's epoch file unreadable, fall back to the previous one."""
+    meta = backup / "training_metadata.json"
+    prev = backup / "training_metadata.json.bkp"
+    if meta.is_file():
+        try:
+            json.loads(meta.read_text())
+        except ValueError:
+            if prev.is_file():
+                meta.write_text(prev.read_text())
+            else:
+                meta.unlink()
