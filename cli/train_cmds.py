@@ -1,15 +1,36 @@
-"""Commands: fit (placeholders until their issue lands)."""
+"""Commands: ``kerasseg fit`` (parses arguments, calls :func:`kerasseg.training.fit`)."""
+
+from __future__ import annotations
 
 import click
 
-from kerasseg.errors import KerassegError
 
+@click.command(name="fit")
+@click.argument("config", default="crunet-l067", required=False)
+@click.option("--data", default=None, metavar="phantom|FILE.npz",
+              help="Prepared dataset (.npz from `kerasseg prepare`); default: the built-in phantom.")
+@click.option("--out", "out_dir", default=None, metavar="RUN_DIR",
+              help="Run directory (default runs/<config name>). Re-run the same command to resume.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override train.epochs.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Override train.seed.")
+@click.option("--devices", type=click.IntRange(min=1), default=None,
+              help="Replicas: N GPUs, or N logical CPU devices without GPUs (default: all GPUs / 1 CPU).")
+@click.option("--dataset", type=click.Choice(["inbreast", "ddsm", "phantom"]), default=None,
+              help="Which `datasets:` section of the config applies (default: from the data's source).")
+def fit_cmd(config, data, out_dir, epochs, seed, devices, dataset):
+    """Train CONFIG (a name in configs/, e.g. crunet-l067, or a YAML path).
 
-@click.command(name='fit', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def fit_cmd(args):
-    """(not implemented yet)"""
-    raise KerassegError('kerasseg fit is not implemented yet')
+    Writes model.keras (best validation Dice), history.csv, run.json, tb/ to the run
+    directory. TF_CONFIG in the environment selects multi-worker training.
+    """
+    from kerasseg.training import fit
+
+    result = fit(config, data=data, out_dir=out_dir, epochs=epochs, seed=seed,
+                 devices=devices, dataset=dataset)
+    if result.status == "interrupted":
+        click.echo("Interrupted: the best model so far is saved; run the same command to resume.",
+                   err=True)
+    click.echo(result.summary())
 
 
 COMMANDS = [fit_cmd]
