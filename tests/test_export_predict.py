@@ -210,7 +210,8 @@ def test_export_cli(model, tmp_path):
 
     model_path = tmp_path / "model.keras"
     model.save(model_path)
-    res = CliRunner().invoke(cli, ["export", str(model_path), "--out", str(tmp_path / "s" / "m")])
+    with pytest.warns(UserWarning, match="no normalizer.json"):
+        res = CliRunner().invoke(cli, ["export", str(model_path), "--out", str(tmp_path / "s" / "m")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "s" / "m" / "1" / "saved_model.pb").exists()
     res = CliRunner().invoke(cli, ["export", str(model_path), "--out", str(tmp_path / "s" / "m"), "--version", "1"])

@@ -116,8 +116,12 @@ def load_source(source):
         raise KerassegError("expected a run directory or a .keras model file", path)
     model = _load_keras_model(path)
     norm_path = path.with_name("normalizer.json")
-    normalizer = _load_normalizer_json(norm_path) if norm_path.exists() else None
-    return model, normalizer
+    if not norm_path.exists():
+        from kerasseg.errors import warn
+
+        warn("no normalizer.json beside the model: exporting without normalisation", path)
+        return model, None
+    return model, _load_normalizer_json(norm_path)
 
 
 def model_size(model) -> int:
