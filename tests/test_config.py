@@ -1,0 +1,88 @@
+"""Config files: the 13 table rows, paper hyper-parameters, validation errors."""
+
+import pytest
+
+from kerasseg.config import apply_dataset, list_configs, resolve_config, to_yaml
+from kerasseg.errors import KerassegError
+
+ROWS = ["crunet-l067", "crunet-l0", "crunet-l1", "crunet-nor-l067", "crunet-unet",
+        "zhu-fcn", "zhu-adv-fcn", "zhu-fcn-crf", "zhu-adv-fcn-crf", "zhu-multifcn",
+        "zhu-adv-multifcn", "zhu-multifcn-crf", "zhu-adv-multifcn-crf"]
+
+
+def test_all_rows_shipped():
+    assert sorted(list_configs()) == sorted(ROWS)
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_paper_hyperparameters(name):
+    ib = resolve_config(name, dataset="inbreast")
+    dd = resolve_config(name, dataset="ddsm")
+    assert ib["train"]["optimizer"] == "adam"
+    assert ib["model"]["dropout"] == 0.5
+    if ib["crf"] is not None:
+        assert ib["crf"]["iterations_train"] == 5 and ib["crf"]["iterations_test"] == 10
+    if name.startswith("zhu"):
+        assert ib["train"]["learning_rate"] == 0.003
+        assert ib["train"]["epsilon"] == 0.1 and dd["train"]["epsilon"] == 0.5
+        assert ib["train"]["adversarial"] == ("-adv-" in name)
+        assert ib["model"]["arch"] == ("multifcn" if "multifcn" in name else "fcn")
+        assert ib["model"]["position_prior"] is True
+        assert (ib["crf"] is not None) == name.endswith("-crf")
+    else:
+        assert ib["model"]["kernel_size"] == 3 and dd["model"]["kernel_size"] == 7
+        lam = {"crunet-l067": 0.67, "crunet-l0": 0.0, "crunet-l1": 1.0, "crunet-nor-l067": 0.67,
+               "crunet-unet": 0.0}[name]
+        assert ib["loss"]["lambda"] == lam
+        assert ib["model"]["arch"] == ("unet" if name in ("crunet-unet", "crunet-nor-l067") else "resunet")
+        assert (ib["crf"] is None) == (name == "crunet-unet")
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    with pytest.raises(KerassegError, match=r"unknown key 'modle'.*did you mean 'model'.*valid keys") as e:
+        resolve_config(write(tmp_path, "extends: crunet-l067\nmodle: {arch: unet}\n"))
+    assert str(tmp_path / "c.yaml") in str(e.value)
+    with pytest.raises(KerassegError, match=r"train\.'learning_rat'.*did you mean 'learning_rate'"):
+        resolve_config(write(tmp_path, "train: {learning_rat: 0.1}\n"))
+    with pytest.raises(KerassegError, match=r"datasets\.inbreast\.train\.'epsilom'.*'epsilon'"):
+        resolve_config(write(tmp_path, "datasets: {inbreast: {train: {epsilom: 0.1}}}\n"))
+    with pytest.raises(KerassegError, match=r"unknown config 'crunet-l67'.*'crunet-l067'"):
+        resolve_config("crunet-l67")
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("loss: {lambda: 1.5}\ncrf: {}", r"loss\.lambda must be in \[0, 1\], got 1\.5"),
+    ("loss: {lambda: -0.1}\ncrf: {}", r"loss\.lambda must be in \[0, 1\]"),
+    ("train: {epsilon: -0.1}", r"train\.epsilon must be >= 0"),
+    ("train: {learning_rate: 0}", r"train\.learning_rate must be > 0"),
+    ("model: {dropout: 1.0}", r"model\.dropout must be in \[0, 1\)"),
+    ("train: {batch_size: two}", r"train\.batch_size must be an integer"),
+    ("model: {arch: vgg}", r"model\.arch must be one of"),
+    ("loss: {lambda: 0.5}", r"no crf section"),
+    ("datasets: {ddsm: {train: {epsilon: -1}}}", r"datasets\.ddsm\.train\.epsilon must be >= 0"),
+    ("model: [1, 2", r"not valid YAML"),
+])
+def test_out_of_range_values(tmp_path, text, msg):
+    with pytest.raises(KerassegError, match=msg):
+        resolve_config(write(tmp_path, text + "\n"))
+
+
+def test_extends_and_dataset_override(tmp_path):
+    write(tmp_path, "extends: zhu-adv-fcn\ntrain: {batch_size: 4}\n", "mine.yaml")
+    cfg = resolve_config(tmp_path / "mine.yaml", dataset="ddsm")
+    assert cfg["train"]["batch_size"] == 4 and cfg["train"]["epsilon"] == 0.5
+    assert cfg["train"]["adversarial"] is True and cfg["dataset"] == "ddsm"
+    flat = apply_dataset(resolve_config("crunet-l067"), None)
+    assert "datasets" not in flat and flat["model"]["kernel_size"] == 3
+    # the resolved YAML round-trips to the same config
+    again = resolve_config(write(tmp_path, to_yaml(flat), "flat.yaml"))
+    again.pop("_path"), again.pop("datasets")
+    assert again == flat
+    with pytest.raises(KerassegError, match="dataset 'ddms'.*did you mean 'ddsm'"):
+        apply_dataset(resolve_config("crunet-l067"), "ddms")
