@@ -34,7 +34,7 @@ def _install_fakes(monkeypatch, calls):
         calls.append((config, seed))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "model.keras").write_text("x")
-        (out_dir / "run.json").write_text("{}")
+        (out_dir / "run.json").write_text('{"status": "finished"}')
 
     def fake_eval(run_dir, ds, out_dir, figures):
         row, seed = run_dir.parent.name, int(run_dir.name[4:])

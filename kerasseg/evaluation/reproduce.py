@@ -76,6 +76,15 @@ def _fit(config, data, out_dir, epochs, seed):
     return fit(config, data, out_dir, epochs=epochs, seed=seed)
 
 
+def _finished(run_dir) -> bool:
+    """True when ``fit`` completed this run (model.keras and run.json with status "finished")."""
+    try:
+        status = json.loads((run_dir / "run.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return status == "finished" and (run_dir / "model.keras").is_file()
+
+
 def _evaluate(run_dir, ds, out_dir, figures):
     return evaluate_run(run_dir, data=ds, split="test", out_dir=out_dir, figures=figures, verbose=False)
 
@@ -148,7 +157,7 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
         if bar is not None:
             bar.set_postfix_str(f"{row} seed {s}")
         if not (rep / "metrics.json").is_file():
-            if not ((run_dir / "model.keras").is_file() and (run_dir / "run.json").is_file()):
+            if not _finished(run_dir):
                 _fit(row, data_spec, run_dir, epochs, s)
             _evaluate(run_dir, ds, rep, not quick)
         if bar is not None:
