@@ -19,7 +19,7 @@ CASES = [
     ("crunet", {"crf": FAST_CRF}),
     ("crunet_nor", {"crf": FAST_CRF, "prior": PRIOR}),
     ("fcn_crf", {"crf": FAST_CRF, "fcn_variant": 4}),
-    pytest.param("multifcn_crf", {"crf": FAST_CRF, "prior": PRIOR}, marks=pytest.mark.slow),
+    ("multifcn_crf", {"crf": FAST_CRF, "prior": PRIOR}),
 ]
 
 

@@ -29,7 +29,8 @@ be divisible by ``2 ** (len(filters) - 1)``).
 
 from __future__ import annotations
 
-import keras
+import numbers
+
 from keras import layers
 
 from kerasseg.errors import KerassegError
@@ -47,7 +48,7 @@ def check_unet_options(arch: str, size: int, kernel_size, filters, dropout) -> t
         raise KerassegError(
             f"model '{arch}' needs at least 2 levels of positive filter counts; got {list(filters)}"
         )
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, numbers.Integral) or kernel_size < 1:
         raise KerassegError(f"model '{arch}' kernel_size must be a positive integer; got {kernel_size!r}")
     try:
         dropout = float(dropout)
@@ -58,7 +59,7 @@ def check_unet_options(arch: str, size: int, kernel_size, filters, dropout) -> t
     factor = 2 ** (len(filters) - 1)
     if size % factor != 0 or size < factor:
         raise KerassegError(f"model '{arch}' needs an ROI size divisible by {factor}; got {size}")
-    return kernel_size, filters, dropout
+    return int(kernel_size), filters, dropout
 
 
 def unet_logits(x, *, kernel_size: int = 3, filters=DEFAULT_FILTERS, dropout: float = 0.5,
