@@ -297,24 +297,20 @@ class CRFRNN(keras.layers.Layer):
         p = h * w
         feats = tf.reshape(image, [-1, p, f])
         pos_d = None
-        feat_d = None
         mats = []
         for k in self.kernels:
             if k in ("spatial", "bilateral") and pos_d is None:
                 pos_d = self._position_sqdist(h, w, dtype)
-            if k in ("bilateral", "intensity") and feat_d is None:
-                feat_d = self._feature_sqdist(feats)
+            # The diagonal is kept (k(f_i, f_i) = exp(0) = 1 exactly) and the self-message is
+            # subtracted in _messages: this saves a (B, P, P) pass per kernel and iteration.
             if k == "spatial":
-                mat = tf.exp(-pos_d / (2.0 * tf.square(bw["spatial"])))
-                mat = tf.linalg.set_diag(mat, tf.zeros([p], dtype))  # (P, P), shared by the batch
+                mat = tf.exp(-pos_d / (2.0 * tf.square(bw["spatial"])))  # (P, P), shared by the batch
             elif k == "bilateral":
-                mat = tf.exp(
-                    -pos_d[None] / (2.0 * tf.square(bw["alpha"])) - feat_d / (2.0 * tf.square(bw["beta"]))
-                )
-                mat = tf.linalg.set_diag(mat, tf.zeros_like(mat[:, :, 0]))
+                scaled = feats / (tf.sqrt(2.0 * tf.ones([], dtype)) * bw["beta"])
+                mat = tf.exp(-(pos_d / (2.0 * tf.square(bw["alpha"])))[None] - self._feature_sqdist(scaled))
             else:  # intensity
-                mat = tf.exp(-feat_d / (2.0 * tf.square(bw["intensity"])))
-                mat = tf.linalg.set_diag(mat, tf.zeros_like(mat[:, :, 0]))
+                scaled = feats / (tf.sqrt(2.0 * tf.ones([], dtype)) * bw["intensity"])
+                mat = tf.exp(-self._feature_sqdist(scaled))
             mats.append(mat)
         return ("exact", mats)
 
@@ -335,11 +331,13 @@ class CRFRNN(keras.layers.Layer):
         qf = tf.reshape(q, [-1, p, c])
         out = []
         for mat in state:
-            if mat.shape.rank == 2:
-                m = tf.einsum("pq,bqc->bpc", mat, qf)
+            if mat.shape.rank == 2:  # shared spatial kernel: one (P, P) x (P, B*C) product
+                full = tf.einsum("pq,bqc->bpc", mat, qf)
             else:
-                m = tf.matmul(mat, qf)
-            out.append(tf.reshape(m, shape))
+                # per-class matrix-vector products: several times faster than a (P,P)x(P,C)
+                # batched matmul on CPU (TF's BatchMatMul is slow for so few columns)
+                full = tf.stack([tf.linalg.matvec(mat, qf[:, :, i]) for i in range(c)], axis=-1)
+            out.append(tf.reshape(full - qf, shape))  # remove the self-message k(f_i, f_i) q_i = q_i
         return out
 
     # ------------------------------------------------------------------- call
