@@ -1,0 +1,212 @@
+"""fit / load_run / kerasseg fit on tiny data; each of the 13 configs learns; determinism;
+resume after SIGKILL; multi-worker training."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kerasseg.data.dataset import save_npz
+from kerasseg.data.phantom import make_phantom
+from kerasseg.errors import KerassegError
+from kerasseg.training.callbacks import read_history
+
+ROWS = ["crunet-l067", "crunet-l0", "crunet-l1", "crunet-nor-l067", "crunet-unet",
+        "zhu-fcn", "zhu-adv-fcn", "zhu-fcn-crf", "zhu-adv-fcn-crf", "zhu-multifcn",
+        "zhu-adv-multifcn", "zhu-multifcn-crf", "zhu-adv-multifcn-crf"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    ds = make_phantom(n_train=4, n_val=2, n_test=2, size=40, seed=3)
+    return str(save_npz(ds, tmp_path_factory.mktemp("data") / "tiny.npz"))
+
+
+def small_cfg(tmp_path, base="crunet-unet", **train):
+    """A fast variant of a shipped config (small filters, batch 8)."""
+    t = {"batch_size": 8, **train}
+    text = (f"extends: {base}\nname: tiny\nmodel: {{filters: [4, 8]}}\n"
+            f"train: {json.dumps(t)}\n")
+    p = tmp_path / "tiny.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ROWS)
+def test_each_config_learns(name):
+    """A few Adam steps on 8 ROIs lower the config's loss (evaluated without dropout)."""
+    import keras
+
+    from kerasseg.config import resolve_config
+    from kerasseg.data.pipeline import Normalizer
+    from kerasseg.layers.prior import prior_from_masks
+    from kerasseg.training import build_training_model
+    from kerasseg.training.losses import per_example_loss
+
+    keras.utils.set_random_seed(0)
+    ds = make_phantom(n_train=8, n_val=0, n_test=0, size=40, seed=1)
+    cfg = resolve_config(name, dataset="inbreast")
+    x = Normalizer(cfg["data"]["normalization"]).fit(ds.images)(ds.images)[..., None]
+    y = np.stack([1 - ds.masks, ds.masks], -1).astype("float32")
+    model = build_training_model(cfg, 40, prior_from_masks(ds.masks))
+
+    def loss():
+        return float(np.mean(per_example_loss(model.net(x, training=False), y, cfg["loss"]["lambda"])))
+
+    before = loss()
+    hist = model.fit(x, y, batch_size=8, epochs=4, verbose=0)
+    after = loss()
+    assert np.isfinite(hist.history["loss"]).all()
+    assert after < before, (before, after)
+    if cfg["train"]["adversarial"]:
+        assert hist.history["adv_loss"][-1] > 0
+
+
+def test_fit_cli_and_load_run(tmp_path, tiny_npz):
+    from kerasseg.cli.main import cli
+    from kerasseg.training import load_run
+
+    out = tmp_path / "run"
+    cfg = small_cfg(tmp_path)
+    res = CliRunner().invoke(cli, ["fit", cfg, "--data", tiny_npz, "--out", str(out),
+                                   "--epochs", "2", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert "val Dice" in res.output and str(out) in res.output
+    for f in ("config.yaml", "model.keras", "normalizer.json", "history.csv", "run.json"):
+        assert (out / f).is_file(), f
+    assert not (out / "backup").exists()
+    assert list((out / "tb").rglob("events.out.tfevents*"))
+    hist = read_history(out / "history.csv")
+    assert [r["epoch"] for r in hist] == [1, 2]
+    assert {"loss", "clean_loss", "dice", "val_loss", "val_dice"} <= set(hist[0])
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["seed"] == 1
+    best = max(hist, key=lambda r: r["val_dice"])
+    assert run["best_epoch"] == best["epoch"]
+    # the saved model is the best-validation epoch's: its val Dice matches the history
+    assert run["val_dice"] == pytest.approx(best["val_dice"], abs=1e-4)
+    model, norm, cfg_loaded = load_run(out)
+    ds = np.load(tiny_npz)
+    pred = model(norm(ds["images"][:2])[..., None])
+    assert set(pred) == {"net"} and pred["net"].shape == (2, 40, 40, 2)
+    assert cfg_loaded["train"]["seed"] == 1 and cfg_loaded["model"]["filters"] == [4, 8]
+    # same command on a finished run: a clear error, not an overwrite
+    res = CliRunner().invoke(cli, ["fit", cfg, "--data", tiny_npz, "--out", str(out)])
+    assert res.exit_code != 0 and "Error:" in res.output and "finished run" in res.output
+
+
+def test_cli_errors(tmp_path):
+    from kerasseg.cli.main import cli
+    from kerasseg.training import load_run
+
+    res = CliRunner().invoke(cli, ["fit", "crunet-l67", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "Error:" in res.output and "crunet-l067" in res.output
+    res = CliRunner().invoke(cli, ["fit", "--data", str(tmp_path / "missing.npz")])
+    assert res.exit_code != 0 and "Error:" in res.output
+    with pytest.raises(KerassegError, match="no model.keras"):
+        load_run(tmp_path)
+    with pytest.raises(KerassegError, match="not found"):
+        load_run(tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_determinism_same_seed_same_weights(tmp_path, tiny_npz):
+    import keras
+
+    from kerasseg.training import fit
+
+    cfg = small_cfg(tmp_path, base="zhu-adv-fcn-crf", epochs=1)
+    weights = []
+    for run in ("a", "b"):
+        fit(cfg, tiny_npz, tmp_path / run, seed=5, verbose=0)
+        import kerasseg.models  # noqa: F401
+        weights.append(keras.saving.load_model(tmp_path / run / "model.keras", compile=False).get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+    fit(cfg, tiny_npz, tmp_path / "c", seed=6, verbose=0)
+    other = keras.saving.load_model(tmp_path / "c" / "model.keras", compile=False).get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(weights[0], other))
+
+
+FIT_SNIPPET = ("import sys; from kerasseg.training import fit; "
+               "r = fit(sys.argv[1], sys.argv[2], sys.argv[3], epochs=int(sys.argv[4]), verbose=2); "
+               "print(r.summary())")
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path, tiny_npz):
+    cfg = small_cfg(tmp_path, patience=0)
+    out = tmp_path / "run"
+    args = [sys.executable, "-c", FIT_SNIPPET, cfg, tiny_npz, str(out), "6"]
+    proc = subprocess.Popen(args, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len(read_history(out / "history.csv")) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(read_history(out / "history.csv"))
+    assert 2 <= done < 6 and (out / "backup").is_dir()
+    res = subprocess.run(args, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    epochs = [r["epoch"] for r in read_history(out / "history.csv")]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["resumed"] is True and run["epochs_run"] == 6
+    assert not (out / "backup").exists()
+    # the resumed run started after the last completed epoch, not from scratch
+    assert f"Epoch {done + 1}/6" in res.stdout and "Epoch 1/6" not in res.stdout
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multiworker_two_processes(tmp_path, tiny_npz):
+    cfg = small_cfg(tmp_path)
+    ports = [_free_port(), _free_port()]
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    out = tmp_path / "run"
+    procs = []
+    for i in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
+                                       "task": {"type": "worker", "index": i}})
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", FIT_SNIPPET, cfg, tiny_npz, str(out), "1"], env=env, cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=400)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("multi-worker training hung")
+    assert all(p.returncode == 0 for p in procs), outputs[0][-2000:] + outputs[1][-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["strategy"] == "MultiWorkerMirroredStrategy" and run["replicas"] == 2
+    assert [r["epoch"] for r in read_history(out / "history.csv")] == [1]
