@@ -263,6 +263,13 @@ def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, 
     return result
 
 
+def format_p(p) -> str:
+    """A p-value for people: 4 significant digits, and '< 1e-300' where it underflows to 0."""
+    if p is None:
+        return "n/a"
+    return "< 1e-300" if p == 0 else f"{p:.4g}"
+
+
 def _pct(v):
     return "n/a" if v is None else f"{100 * v:.2f}"
 
@@ -291,8 +298,10 @@ def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, normali
     ``None`` (the data recorded by the run, else the phantom). ``out_dir`` defaults to
     ``<run>/eval-<split>``. Returns the metrics dict that is written to ``metrics.json``.
     """
-    from kerasseg.data.dataset import ROIDataset, load_data
+    from kerasseg.data.dataset import SPLITS, ROIDataset, load_data
 
+    if split not in SPLITS:  # before the (slow) model loading
+        raise KerassegError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     model, norm, config, run_dir, label = _load_source(run_or_model, normalizer)
     if data is None:
         data = _default_data(config, run_dir)
@@ -390,8 +399,8 @@ def format_compare(r: dict) -> str:
     buf.write(f"  n={r['n_images']} ROIs, {r['n_pixels']} pixels, data {r['data_hash']}\n")
     buf.write(f"  Dice mean   A {_pct(r['dice_mean_a'])} %  B {_pct(r['dice_mean_b'])} %\n")
     buf.write(f"  Dice pooled A {_pct(r['dice_pooled_a'])} %  B {_pct(r['dice_pooled_b'])} %\n")
-    buf.write(f"  McNemar exact (pixels): b={mc['b']} c={mc['c']}  p={mc['pvalue']:.4g}\n")
-    buf.write(f"  Wilcoxon signed-rank (per-image Dice): W={wx['statistic']:.4g}  p={wx['pvalue']:.4g}\n")
+    buf.write(f"  McNemar exact (pixels): b={mc['b']} c={mc['c']}  p={format_p(mc['pvalue'])}\n")
+    buf.write(f"  Wilcoxon signed-rank (per-image Dice): W={wx['statistic']:.4g}  p={format_p(wx['pvalue'])}\n")
     buf.write(f"  Mean Dice difference A-B: {100 * bs['mean_diff']:+.2f} %  "
               f"{int(100 * bs['level'])}% bootstrap CI [{100 * bs['ci_low']:+.2f}, {100 * bs['ci_high']:+.2f}] %")
     return buf.getvalue()

@@ -96,7 +96,11 @@ def _fmt(mean, std=None, digits=2):
 
 
 def _p(v):
-    return "–" if v is None else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
+    if v is None:
+        return "–"
+    if v == 0:
+        return "< 1e-300"
+    return f"{v:.2g}" if v < 0.001 else f"{v:.3f}"
 
 
 def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, quick=False,
