@@ -216,6 +216,7 @@ def test_gradients_match_finite_differences(rng):
         spatial_weight=0.4, bilateral_weight=0.3, intensity_weight=0.2, **THETAS
     )
     layer.build([unary.shape, image.shape])
+    layer.compatibility.assign([[0.1, 0.9], [1.3, -0.2]])  # asymmetric: checks mu's orientation too
     proj = tf.constant(rng.normal(size=unary.shape))
 
     @tf.function
@@ -445,3 +446,36 @@ def test_scalable_mode_without_backend_raises(monkeypatch):
         CRFRNN(mode="auto", max_dense_pixels=63)(
             [np.zeros((1, 8, 8, 2), np.float32), np.zeros((1, 8, 8, 1), np.float32)]
         )
+
+
+def test_scalable_backend_plugs_in(rng, monkeypatch):
+    """A backend module with prepare()/messages() is used by mode="scalable" and by "auto" above the limit."""
+    import types
+
+    calls = []
+
+    def prepare(image, *, kernels, bandwidths):
+        assert set(bandwidths) == {"spatial", "alpha", "beta", "intensity"}
+        calls.append(tuple(kernels))
+        thetas = {f"theta_{k}": float(v) for k, v in bandwidths.items()}
+        return image, kernels, thetas
+
+    def messages(q, state):  # a dense NumPy stand-in for the real linear-cost filters
+        image, kernels, thetas = state
+        b, h, w, c = q.shape
+        mats = ref_kernels(np.asarray(image), kernels, thetas)
+        qf = np.asarray(q, np.float64).reshape(b, h * w, c)
+        return [tf.constant((m @ qf).reshape(b, h, w, c), tf.float32) for m in mats]
+
+    fake = types.SimpleNamespace(prepare=prepare, messages=messages)
+    monkeypatch.setitem(sys.modules, "kerasseg.layers.crf_filters", fake)
+    unary, image = random_inputs(rng, b=2, h=5, w=6)
+    weights = [0.3, 0.4, 0.05]
+    want = ref_mean_field(unary, image, ALL, THETAS, weights, 1.0 - np.eye(2), 3)
+    for kwargs in (dict(mode="scalable"), dict(mode="auto", max_dense_pixels=29)):
+        layer = make_layer(ALL, weights, iterations_test=3, **kwargs)
+        np.testing.assert_allclose(layer([unary, image]).numpy(), want, atol=1e-5)
+    assert calls == [ALL, ALL]
+    exact = make_layer(ALL, weights, iterations_test=3, mode="auto", max_dense_pixels=30)
+    np.testing.assert_allclose(exact([unary, image]).numpy(), want, atol=1e-5)
+    assert len(calls) == 2  # 30 pixels <= limit: exact form, backend not called

@@ -326,19 +326,9 @@ class CRFRNN(keras.layers.Layer):
         if backend == "scalable":
             return list(self._filters.messages(q, state))
         shape = tf.shape(q)
-        p = q.shape[1] * q.shape[2]
-        c = q.shape[3]
+        p, c = q.shape[1] * q.shape[2], q.shape[3]
         qf = tf.reshape(q, [-1, p, c])
-        out = []
-        for mat in state:
-            if mat.shape.rank == 2:  # shared spatial kernel: one (P, P) x (P, B*C) product
-                full = tf.einsum("pq,bqc->bpc", mat, qf)
-            else:
-                # per-class matrix-vector products: several times faster than a (P,P)x(P,C)
-                # batched matmul on CPU (TF's BatchMatMul is slow for so few columns)
-                full = tf.stack([tf.linalg.matvec(mat, qf[:, :, i]) for i in range(c)], axis=-1)
-            out.append(tf.reshape(full - qf, shape))  # remove the self-message k(f_i, f_i) q_i = q_i
-        return out
+        return [tf.reshape(_dense_message(mat, qf), shape) for mat in state]
 
     # ------------------------------------------------------------------- call
     def _compute_dtype(self):
@@ -347,6 +337,8 @@ class CRFRNN(keras.layers.Layer):
     def _mean_field(self, unary, image, prepared, iterations):
         weights = tf.cast(self.kernel_weights, unary.dtype)
         compat = tf.cast(self.compatibility, unary.dtype)
+        if prepared[0] == "exact":
+            return _dense_mean_field(unary, weights, compat, prepared[1], iterations)
         q = tf.nn.softmax(unary, axis=-1)
         for _ in range(iterations):
             msgs = self._messages(q, image, prepared)
@@ -393,3 +385,85 @@ class CRFRNN(keras.layers.Layer):
             max_dense_pixels=self.max_dense_pixels,
         )
         return config
+
+
+# ----------------------------------------------------------------------------
+# Exact (dense) mean-field with a hand-written backward pass.
+#
+# Autodiff of the unrolled loop materialises one (B, P, P) outer product per
+# iteration, class and kernel for the kernel-matrix gradient (needed whenever the
+# gradient reaches the image, e.g. adversarial training, or trainable bandwidths).
+# The backward below accumulates it in a single batched matmul per kernel instead:
+# dK = sum_t dm_t q_{t-1}^T = [dm_1 .. dm_T] [q_0 .. q_{T-1}]^T.
+# All kernel matrices are symmetric, so K^T g = K g.
+
+
+def _dense_message(mat, qf):
+    """sum_{j != i} K[i, j] q[j] for (P, P) or (B, P, P) ``mat`` (diagonal == 1) and (B, P, C) ``qf``."""
+    if mat.shape.rank == 2:  # shared spatial kernel: one (P, P) x (P, B*C) product
+        full = tf.einsum("pq,bqc->bpc", mat, qf)
+    else:
+        # per-class matrix-vector products: several times faster than a (P,P)x(P,C)
+        # batched matmul on CPU (TF's BatchMatMul is slow for so few columns)
+        full = tf.stack([tf.linalg.matvec(mat, qf[:, :, i]) for i in range(qf.shape[-1])], axis=-1)
+    # every kernel is exp(0) = 1 exactly on the diagonal: remove the self-message q_i
+    return full - qf
+
+
+def _softmax_backward(q, g):
+    return q * (g - tf.reduce_sum(g * q, axis=-1, keepdims=True))
+
+
+def _dense_mean_field(unary, weights, compat, mats, iterations):
+    """Mean-field on (B, H, W, C) ``unary`` with dense kernel matrices ``mats`` (list, diagonal 1)."""
+    shape = tf.shape(unary)
+    p, c = unary.shape[1] * unary.shape[2], unary.shape[3]
+    n_k = len(mats)
+
+    @tf.custom_gradient
+    def run(u, w, mu, *ks):
+        q = tf.nn.softmax(u, axis=-1)
+        qs, msgs = [q], []
+        for _ in range(iterations):
+            m = [_dense_message(k, q) for k in ks]
+            total = tf.add_n([m[i] * w[i] for i in range(n_k)])
+            q = tf.nn.softmax(u - tf.einsum("bpm,lm->bpl", total, mu), axis=-1)
+            qs.append(q)
+            msgs.append((m, total))
+
+        def grad(gq):
+            du = tf.zeros_like(u)
+            dw = tf.zeros_like(w)
+            dmu = tf.zeros_like(mu)
+            dms = [[] for _ in range(n_k)]
+            for t in range(iterations, 0, -1):
+                m, total = msgs[t - 1]
+                dz = _softmax_backward(qs[t], gq)
+                du += dz
+                # P = M mu^T: dmu[l, m] = sum dP_l M_m, dM = dP mu, with dP = -dz
+                dmu -= tf.einsum("bpl,bpm->lm", dz, total)
+                dtotal = -tf.einsum("bpl,lm->bpm", dz, mu)
+                dw += tf.stack([tf.reduce_sum(dtotal * m[i]) for i in range(n_k)])
+                gq = tf.zeros_like(gq)
+                for i in range(n_k):
+                    dm = dtotal * w[i]
+                    dms[i].append(dm)
+                    gq += _dense_message(ks[i], dm)  # K symmetric: K^T dm - dm
+            du += _softmax_backward(qs[0], gq)
+            dks = []
+            for i, k in enumerate(ks):
+                if not dms[i]:
+                    dks.append(tf.zeros_like(k))
+                    continue
+                g_all = tf.concat(dms[i][::-1], axis=-1)  # (B, P, T*C), t = 1..T
+                q_all = tf.concat(qs[:-1], axis=-1)  # (B, P, T*C), q_0..q_{T-1}
+                if k.shape.rank == 2:
+                    dks.append(tf.einsum("bpx,bqx->pq", g_all, q_all))
+                else:
+                    dks.append(tf.matmul(g_all, q_all, transpose_b=True))
+            return (du, dw, dmu, *dks)
+
+        return q, grad
+
+    out = run(tf.reshape(unary, [-1, p, c]), weights, compat, *mats)
+    return tf.reshape(out, shape)
