@@ -27,11 +27,13 @@ def evaluate_cmd(source, data, split, out, batch_size, no_figures):
               help="JSON file for the result (default: REPORT_A/compare-<name of REPORT_B>.json).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
 @click.option("--n-boot", "n_boot", default=10000, show_default=True, type=click.IntRange(min=100))
-def compare_cmd(report_a, report_b, out, seed, n_boot):
+@click.option("--no-figures", "no_figures", is_flag=True, help="Skip the contour figure (OUT with .png).")
+def compare_cmd(report_a, report_b, out, seed, n_boot, no_figures):
     """Paired tests of REPORT_A vs REPORT_B: McNemar exact (pixels), Wilcoxon and bootstrap (per-image Dice)."""
     from kerasseg.evaluation.report import compare_reports
 
-    compare_reports(report_a, report_b, out=out, seed=seed, n_boot=n_boot, verbose=True)
+    compare_reports(report_a, report_b, out=out, seed=seed, n_boot=n_boot, figures=not no_figures,
+                    verbose=True)
 
 
 @click.command(name="reproduce")

@@ -139,6 +139,7 @@ def test_compare_reports_and_refusals(tmp_path, rng):
     assert res["bootstrap"]["mean_diff"] == pytest.approx((da - db).mean())
     assert res["bootstrap"]["mean_diff"] > 0
     assert json.loads((tmp_path / "cmp.json").read_text())["mcnemar"]["b"] == res["mcnemar"]["b"]
+    assert mpimg.imread(tmp_path / "cmp.png").shape[:2] == (400, 1000)   # 2 rows x 5 panels of 2 in
 
     other = _report(tmp_path, "c", rng, masks, 0.05, data_hash="h2")
     with pytest.raises(KerassegError, match="different data"):
@@ -148,6 +149,8 @@ def test_compare_reports_and_refusals(tmp_path, rng):
         compare_reports(a, renamed, verbose=False)
     with pytest.raises(KerassegError, match="not an evaluation report"):
         compare_reports(a, tmp_path, verbose=False)
+    with pytest.raises(KerassegError, match="output folder does not exist"):
+        compare_reports(a, b, out=tmp_path / "nope" / "x.json", verbose=False)
 
 
 def test_cli_compare_and_evaluate_errors(tmp_path, rng):

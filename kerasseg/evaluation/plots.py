@@ -79,10 +79,13 @@ def _contours(mask):
     return [c - 1.0 for c in measure.find_contours(m, 0.5)]
 
 
-def contour_grid(images, masks, preds, dice, path, k=5, ids=None, panel=2.0) -> Path:
+def contour_grid(images, masks, preds, dice, path, k=5, ids=None, panel=2.0, preds_b=None,
+                 dice_b=None, order_by="a") -> Path:
     """Two rows: the ``k`` best (top) and ``k`` hardest (bottom) cases by Dice.
 
-    Ground truth contour red, prediction blue. Figure size is ``(k * panel, 2 * panel)`` inches.
+    Ground truth contour red, prediction blue. With ``preds_b`` (a second model, e.g. the
+    baseline) its contour is drawn in green, as in CRU-Net Fig. 4/5, and ``order_by="b"`` picks
+    the best/hardest cases by ``dice_b``. Figure size is ``(k * panel, 2 * panel)`` inches.
     """
     images = np.asarray(images)
     masks = np.asarray(masks)
@@ -92,7 +95,8 @@ def contour_grid(images, masks, preds, dice, path, k=5, ids=None, panel=2.0) -> 
     if not (len(images) == len(masks) == len(preds) == n):
         raise KerassegError("contour_grid: images, masks, predictions and Dice differ in length")
     k = max(1, int(k))
-    order = np.argsort(-d, kind="stable")
+    db = None if dice_b is None else np.asarray(dice_b, np.float64).reshape(-1)
+    order = np.argsort(-(db if (order_by == "b" and db is not None) else d), kind="stable")
     rows = [("best", order[:k]), ("hardest", order[::-1][:k])]
     fig, axes = plt.subplots(2, k, figsize=(k * panel, 2 * panel), dpi=DPI, squeeze=False)
     for r, (label, idx) in enumerate(rows):
@@ -109,8 +113,14 @@ def contour_grid(images, masks, preds, dice, path, k=5, ids=None, panel=2.0) -> 
                 ax.plot(c[:, 1], c[:, 0], color="red", linewidth=1.2)
             for c in _contours(preds[i]):
                 ax.plot(c[:, 1], c[:, 0], color="blue", linewidth=1.2)
+            if preds_b is not None:
+                for c in _contours(preds_b[i]):
+                    ax.plot(c[:, 1], c[:, 0], color="green", linewidth=1.2)
             name = "" if ids is None else f"{ids[i]}\n"
-            ax.set_title(f"{name}{label} Dice {d[i]:.3f}", fontsize=7)
+            if db is None:
+                ax.set_title(f"{name}{label} Dice {d[i]:.3f}", fontsize=7)
+            else:
+                ax.set_title(f"{name}{label}: Dice A {d[i]:.3f} / B {db[i]:.3f}", fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
 

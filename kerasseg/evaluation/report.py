@@ -248,6 +248,8 @@ def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, 
               "split": np.asarray(split)}
     if spacing_mm is not None:
         arrays["spacing_mm"] = np.asarray(spacing_mm, np.float32)
+    if images is not None:
+        arrays["images"] = np.asarray(images, np.float32)   # raw ROIs, for comparison figures
     write_npz(out / "predictions.npz", **arrays)
     if figures:
         plots.dice_histogram(per["dice"], out / "dice_hist.png", title=f"{split} Dice")
@@ -349,11 +351,14 @@ def load_predictions(report) -> dict:
     return out
 
 
-def compare_reports(report_a, report_b, out=None, *, seed=0, n_boot=10000, verbose=True) -> dict:
+def compare_reports(report_a, report_b, out=None, *, seed=0, n_boot=10000, figures=True,
+                    verbose=True) -> dict:
     """Paired tests of report A against report B on the same data (see :mod:`kerasseg.evaluation.stats`).
 
     Refuses reports made on different data (data hash, ids or masks differ). Writes the
-    result as JSON to ``out`` (default ``<report_a>/compare-<name of b>.json``).
+    result as JSON to ``out`` (default ``<report_a>/compare-<name of b>.json``) and, with
+    ``figures``, a contour grid beside it (same name, ``.png``): the best and hardest ROIs of B,
+    ground truth red, A blue, B green (CRU-Net Fig. 4/5).
     """
     a, b = load_predictions(report_a), load_predictions(report_b)
     if a["data_hash"] != b["data_hash"]:
@@ -383,6 +388,15 @@ def compare_reports(report_a, report_b, out=None, *, seed=0, n_boot=10000, verbo
     if out is None:
         ra = Path(str(report_a))
         out = (ra if ra.is_dir() else ra.parent) / f"compare-{Path(str(report_b)).resolve().name}.json"
+    out = Path(out)
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise KerassegError("output folder does not exist", out.parent)
+    if figures:
+        shown = a["images"] if "images" in a else a.get("prob", a["pred"])
+        fig = out.with_suffix(".png")
+        plots.contour_grid(shown, gt, a["pred"], dice_a, fig, k=min(5, len(gt)), ids=a["ids"],
+                           preds_b=b["pred"], dice_b=dice_b, order_by="b")
+        result["figure"] = str(fig)
     write_json(out, result)
     result["out"] = str(out)
     if verbose:
