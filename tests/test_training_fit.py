@@ -185,6 +185,8 @@ def _free_port():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(reason="known broken: Keras 3 metric reduction under MultiWorkerMirroredStrategy "
+                   "(\"Invalid reduction dimension 0\"); see docs/training.md", strict=True)
 def test_multiworker_two_processes(tmp_path, tiny_npz):
     cfg = small_cfg(tmp_path)
     ports = [_free_port(), _free_port()]

@@ -83,6 +83,17 @@ class SegmentationModel(keras.Model):
         config["net"] = keras.saving.deserialize_keras_object(config["net"])
         return cls(**config)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' symbolic build reduces a data batch across replicas, which fails under
+        # MultiWorkerMirroredStrategy (PerReplica -> Tensor) and for uneven replica batches.
+        # A built model needs none of it: only make sure the optimizer's slots exist.
+        if self.built and all(layer.built for layer in self._flatten_layers()):
+            if self.optimizer is not None and not self.optimizer.built:
+                with self.distribute_strategy.scope():
+                    self.optimizer.build(self.trainable_variables)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     # ------------------------------------------------------------------- steps
     @staticmethod
     def _unpack(data):
