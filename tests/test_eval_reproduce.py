@@ -93,6 +93,12 @@ def test_table_numbers_tests_and_resume(tmp_path, monkeypatch):
     assert [t["config"] for t in table] == [r[0] for r in rows]
     assert float(table[3]["paper_inbreast"]) == 93.66
     assert json.loads((out / "table.json").read_text())["n_seeds"] == 2
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(out / "trimap.png").shape[:2] == (450, 600)
+    t1 = [json.loads((out / "runs" / rows[1][0] / f"seed{s}" / "eval-test" / "metrics.json").read_text())
+          ["trimap_accuracy"]["2"] for s in range(2)]
+    assert res["rows"][1]["trimap_accuracy"]["2"] == pytest.approx(np.mean(t1))
 
     # resume: nothing is retrained or re-evaluated, the table is the same
     monkeypatch.setattr(R, "_fit", lambda *a: pytest.fail("retrained a finished row"))

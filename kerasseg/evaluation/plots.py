@@ -127,12 +127,21 @@ def contour_grid(images, masks, preds, dice, path, k=5, ids=None, panel=2.0, pre
 
 def trimap_plot(accuracy: dict, path, label="model", size=(5.0, 4.0)) -> Path:
     """Trimap accuracy (y) versus band width in pixels (x); ``accuracy`` maps width -> value or None."""
-    items = sorted((int(w), v) for w, v in accuracy.items() if v is not None)
+    return trimap_curves({label: accuracy}, path, size=size)
+
+
+def trimap_curves(curves: dict, path, size=(5.0, 4.0)) -> Path:
+    """One trimap-accuracy curve per model: ``{label: {width: accuracy or None}}`` (Zhu Fig. 4)."""
     fig, ax = plt.subplots(figsize=size, dpi=DPI)
-    if items:
-        ws, vs = zip(*items)
-        ax.plot(ws, np.asarray(vs) * 100.0, marker="o", label=label)
-        ax.legend(loc="lower right")
+    drawn = False
+    for label, accuracy in curves.items():
+        items = sorted((int(w), v) for w, v in accuracy.items() if v is not None)
+        if items:
+            ws, vs = zip(*items)
+            ax.plot(ws, np.asarray(vs) * 100.0, marker="o", label=label)
+            drawn = True
+    if drawn:
+        ax.legend(loc="lower right", fontsize=7)
     ax.set_xlabel("trimap width (pixels)")
     ax.set_ylabel("pixel accuracy in band (%)")
     ax.grid(alpha=0.3)

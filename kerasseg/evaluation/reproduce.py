@@ -6,7 +6,7 @@ Layout of the output folder::
 
     OUT/runs/<config>/seed<k>/            a training run (kerasseg.training.fit)
     OUT/runs/<config>/seed<k>/eval-test/  its evaluation report (metrics.json marks the cell as done)
-    OUT/table.md, OUT/table.csv, OUT/table.json
+    OUT/table.md, OUT/table.csv, OUT/table.json, OUT/trimap.png (trimap accuracy of every row)
 
 Rows whose report already exists are skipped (resume). Each row is compared with the table's
 baseline (its first row) on the test images: Wilcoxon signed-rank and a paired bootstrap CI on the
@@ -191,15 +191,20 @@ def tabulate(table: str, out, seeds: int) -> dict:
             m = json.loads((rep / "metrics.json").read_text())
             p = load_predictions(rep)
             per_seed.append({"seed": s, "dice_mean": m["dice_mean"], "dice_pooled": m["dice_pooled"],
-                             "hd95_px_mean": m["hd95_px_mean"], "data_hash": m["data_hash"]})
+                             "hd95_px_mean": m["hd95_px_mean"], "trimap_accuracy": m["trimap_accuracy"],
+                             "data_hash": m["data_hash"]})
             dice_img.append([M.dice(a, b) for a, b in zip(p["pred"], p["mask"])])
             pr.append(p)
         preds[row] = pr
         dm = np.array([r["dice_mean"] for r in per_seed]) * 100
         dp = np.array([r["dice_pooled"] for r in per_seed]) * 100
         sd = (lambda a: float(a.std(ddof=1)) if a.size > 1 else 0.0)
+        trimap = {}
+        for w in (str(k) for k in M.TRIMAP_WIDTHS):
+            vals = [r["trimap_accuracy"].get(w) for r in per_seed]
+            trimap[w] = None if any(v is None for v in vals) else float(np.mean(vals))
         rows.append({
-            "config": row, "row": label,
+            "config": row, "row": label, "trimap_accuracy": trimap,
             "dice_mean": float(dm.mean()), "dice_mean_std": sd(dm),
             "dice_pooled": float(dp.mean()), "dice_pooled_std": sd(dp),
             "paper_inbreast": inb[0], "paper_inbreast_std": inb[1],
@@ -277,3 +282,7 @@ def write_tables(result: dict, out) -> None:
                "paper_inbreast", "paper_inbreast_std", "paper_ddsm", "paper_ddsm_std",
                "diff_vs_baseline", "ci_low", "ci_high", "wilcoxon_p", "mcnemar_p", "n_seeds"], csv_rows)
     write_json(out / "table.json", result)
+    from kerasseg.evaluation.plots import trimap_curves
+
+    trimap_curves({r["row"]: r["trimap_accuracy"] for r in result["rows"]}, out / "trimap.png",
+                  size=(6.0, 4.5))
