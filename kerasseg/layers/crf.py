@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 
 import keras
 import tensorflow as tf
@@ -55,6 +56,10 @@ _BANDWIDTHS = {
     "theta_beta": "beta",
     "theta_intensity": "intensity",
 }
+
+
+def _is_real(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def _load_filters(required: bool):
@@ -128,7 +133,7 @@ class CRFRNN(keras.layers.Layer):
                 f"use a non-empty subset of {list(KERNELS)} without repeats"
             )
         for name, value in (("iterations_train", iterations_train), ("iterations_test", iterations_test)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise KerassegError(f"CRFRNN: {name}={value!r} must be an integer >= 0")
         for name, value in (
             ("theta_spatial", theta_spatial),
@@ -136,18 +141,22 @@ class CRFRNN(keras.layers.Layer):
             ("theta_beta", theta_beta),
             ("theta_intensity", theta_intensity),
         ):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if not _is_real(value) or value <= 0:
                 raise KerassegError(f"CRFRNN: {name}={value!r} must be a positive number")
         for name, value in (
             ("spatial_weight", spatial_weight),
             ("bilateral_weight", bilateral_weight),
             ("intensity_weight", intensity_weight),
         ):
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not _is_real(value):
                 raise KerassegError(f"CRFRNN: {name}={value!r} must be a finite number")
         if mode not in MODES:
             raise KerassegError(f"CRFRNN: mode={mode!r} is unknown; use one of {list(MODES)}")
-        if isinstance(max_dense_pixels, bool) or not isinstance(max_dense_pixels, int) or max_dense_pixels < 1:
+        if (
+            isinstance(max_dense_pixels, bool)
+            or not isinstance(max_dense_pixels, numbers.Integral)
+            or max_dense_pixels < 1
+        ):
             raise KerassegError(f"CRFRNN: max_dense_pixels={max_dense_pixels!r} must be a positive integer")
 
         self.iterations_train = int(iterations_train)
@@ -170,7 +179,11 @@ class CRFRNN(keras.layers.Layer):
     def build(self, input_shape):
         unary_shape, image_shape = self._check_shapes(input_shape)
         self.num_classes = int(unary_shape[-1])
-        init = {"spatial": self.spatial_weight, "bilateral": self.bilateral_weight, "intensity": self.intensity_weight}
+        init = {
+            "spatial": self.spatial_weight,
+            "bilateral": self.bilateral_weight,
+            "intensity": self.intensity_weight,
+        }
         self.kernel_weights = self.add_weight(
             name="kernel_weights",
             shape=(len(self.kernels),),
