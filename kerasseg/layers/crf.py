@@ -20,7 +20,7 @@ Kernels (each optional, positions in pixels, ``I`` = the image feature vector):
 The ``"exact"`` mode builds the dense (B, P, P) float32 kernel matrices
 (P = H*W) once per call and reuses them in every iteration; the spatial kernel
 is a single (P, P) matrix shared by the batch. Its memory is
-4 * P^2 bytes per image and per image-dependent kernel (6.5 MB at 40x40,
+4 * P^2 bytes per image and per image-dependent kernel (9.8 MiB at 40x40,
 64 MiB at 64x64), which is why inputs above ``max_dense_pixels`` are refused
 with a :class:`~kerasseg.errors.KerassegError` pointing at ``mode="scalable"``.
 
