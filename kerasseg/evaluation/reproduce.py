@@ -241,7 +241,8 @@ def write_tables(result: dict, out) -> None:
     """table.md, table.csv and table.json for a :func:`tabulate` result."""
     out = Path(out)
     n = result["n_seeds"]
-    head = ["Method", "config", f"Dice % per-image mean (± std over {n} seeds)", "Dice % pooled",
+    spread = f" (± std over {n} seeds)" if n > 1 else " (1 seed)"
+    head = ["Method", "config", f"Dice % per-image mean{spread}", f"Dice % pooled{spread}",
             "paper INbreast", "paper DDSM-BCRP", "Δ Dice vs baseline (pp)", "95% CI (pp)",
             "Wilcoxon p", "McNemar p"]
     md = [f"# {result['title']}", "",
@@ -260,8 +261,9 @@ def write_tables(result: dict, out) -> None:
             diff = 100 * bs["mean_diff"]
             ci = (100 * bs["ci_low"], 100 * bs["ci_high"])
             pw, pm = vs["wilcoxon"]["pvalue"], vs["mcnemar"]["pvalue"]
-        cells = [r["row"], r["config"], _fmt(r["dice_mean"], r["dice_mean_std"]),
-                 _fmt(r["dice_pooled"], r["dice_pooled_std"]),
+        one = n == 1   # no spread to show with a single seed
+        cells = [r["row"], r["config"], _fmt(r["dice_mean"], None if one else r["dice_mean_std"]),
+                 _fmt(r["dice_pooled"], None if one else r["dice_pooled_std"]),
                  _fmt(r["paper_inbreast"], r["paper_inbreast_std"]), _fmt(r["paper_ddsm"], r["paper_ddsm_std"]),
                  "baseline" if diff is None else f"{diff:+.2f}",
                  "–" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]", _p(pw), _p(pm)]
