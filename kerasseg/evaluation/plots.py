@@ -142,6 +142,7 @@ def trimap_curves(curves: dict, path, size=(5.0, 4.0)) -> Path:
             drawn = True
     if drawn:
         ax.legend(loc="lower right", fontsize=7)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("trimap width (pixels)")
     ax.set_ylabel("pixel accuracy in band (%)")
     ax.grid(alpha=0.3)
