@@ -218,3 +218,43 @@ def test_savedmodel_scalable_roundtrip(rng, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     one = loaded.signatures["serving_default"](u=tf.constant(unary[:1]), x=tf.constant(img[:1]))["prob"].numpy()
     np.testing.assert_allclose(one, expected[:1], atol=1e-5)
+
+
+def _separable_reference(q, theta, radius):
+    """float64 separable Gaussian (zero padding) minus the centre, with scipy.ndimage."""
+    from scipy.ndimage import correlate1d
+
+    k = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * theta**2))
+    out = correlate1d(q.astype(np.float64), k, axis=1, mode="constant")
+    out = correlate1d(out, k, axis=2, mode="constant")
+    return out - q
+
+
+@pytest.mark.parametrize("size", [40, 256])
+def test_spatial_matmul_and_conv_paths(rng, size):
+    """Short axes use a banded matmul, long ones a depthwise conv: both match the float64 filter."""
+    theta = 1.0
+    q = _q(rng, 1, size, size)
+    radius = cf.spatial_kernel_radius(theta, size)
+    got = cf.spatial_message(tf.constant(q), theta).numpy()
+    np.testing.assert_allclose(got, _separable_reference(q, theta, radius), atol=1e-4, rtol=0)
+    graph = tf.function(lambda x: cf.spatial_message(x, theta)).get_concrete_function(
+        tf.TensorSpec([None, size, size, 2])).graph
+    types = {op.type for op in graph.get_operations()}
+    assert ("DepthwiseConv2dNative" in types) == (size > 16 * (2 * radius + 1))
+
+
+def test_messages_hook_equals_direct_filters(rng):
+    """prepare/messages (last label from the all-ones response) equal filtering every label."""
+    img, _ = _images(rng)
+    q = _q(rng, 2, 40, 40)
+    bw = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
+    state = cf.prepare(tf.constant(img), kernels=("spatial", "bilateral", "intensity"), bandwidths=bw)
+    got = cf.messages(tf.constant(q), state)
+    direct = [
+        cf.spatial_message(q, 3.0),
+        cf.bilateral_message(q, img, 5.0, 0.5),
+        cf.intensity_message(q, img, 1.0),
+    ]
+    for g, d in zip(got, direct):
+        np.testing.assert_allclose(g.numpy(), d.numpy(), rtol=1e-4, atol=2e-3)
