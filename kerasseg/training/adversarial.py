@@ -38,6 +38,18 @@ def fgm_perturbation(grad, epsilon):
     return float(epsilon) * tf.math.divide_no_nan(g, norm)
 
 
+def _multi_worker(strategy) -> bool:
+    """True for a MultiWorkerMirroredStrategy whose cluster has more than one worker."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec() if resolver is not None else None
+    if spec is None:
+        return False
+    jobs = spec.jobs
+    return sum(spec.num_tasks(j) for j in jobs if j in ("chief", "worker")) > 1
+
+
 @keras.saving.register_keras_serializable(package="kerasseg")
 class SegmentationModel(keras.Model):
     """Training wrapper: ``SegmentationModel(net, lam=0.67, l2=0.0, adversarial=False, epsilon=0.1)``."""
@@ -84,10 +96,13 @@ class SegmentationModel(keras.Model):
         return cls(**config)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' symbolic build reduces a data batch across replicas, which fails under
-        # MultiWorkerMirroredStrategy (PerReplica -> Tensor) and for uneven replica batches.
-        # A built model needs none of it: only make sure the optimizer's slots exist.
-        if self.built and all(layer.built for layer in self._flatten_layers()):
+        # Multi-worker only: Keras's symbolic build first reduces a data batch across workers
+        # (strategy.reduce on a PerReplica batch), which fails under
+        # MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...) to a
+        # Tensor"). A built model needs none of that: only the optimizer's slots must exist.
+        # Every other strategy takes Keras's own path.
+        if (_multi_worker(self.distribute_strategy) and self.built
+                and all(layer.built for layer in self._flatten_layers())):
             if self.optimizer is not None and not self.optimizer.built:
                 with self.distribute_strategy.scope():
                     self.optimizer.build(self.trainable_variables)
@@ -148,7 +163,7 @@ class SegmentationModel(keras.Model):
             total = total + adv
         self.loss_tracker.update_state(total, sample_weight=n)
         self.dice_metric.update_state(y, out[self.final_key])
-        return {m.name: m.result() for m in self.metrics}
+        return self._logs({m.name: m.result() for m in self.metrics})
 
     def test_step(self, data):
         x, y = self._unpack(data)
@@ -157,4 +172,16 @@ class SegmentationModel(keras.Model):
         self.loss_tracker.update_state(tf.reduce_mean(per_ex),
                                        sample_weight=tf.cast(tf.shape(x)[0], tf.float32))
         self.dice_metric.update_state(y, out[self.final_key])
-        return {"loss": self.loss_tracker.result(), "dice": self.dice_metric.result()}
+        return self._logs({"loss": self.loss_tracker.result(), "dice": self.dice_metric.result()})
+
+    def _logs(self, logs: dict) -> dict:
+        """Step logs in the shape Keras's TF trainer can reduce under the current strategy.
+
+        Across several workers Keras reduces every step output with
+        ``strategy.reduce("MEAN", v, axis=0)``, which rejects a scalar ("Invalid reduction
+        dimension 0"). There each value is returned as shape (1,): the reduction averages the
+        workers' (already aggregated) metric results and hands back a scalar again.
+        """
+        if not _multi_worker(self.distribute_strategy):
+            return logs
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}

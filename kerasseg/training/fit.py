@@ -107,6 +107,15 @@ def _dice(net, images, masks, batch_size=64) -> float:
     return float(np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0).mean())
 
 
+def _strategy_name(strategy) -> str:
+    """The public ``tf.distribute`` name (MWMS's class is called CollectiveAllReduceStrategy)."""
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(strategy).__name__
+
+
 def _is_chief() -> bool:
     tf_config = os.environ.get("TF_CONFIG")
     if not tf_config:
@@ -221,7 +230,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     ]
     meta = {"config": cfg["name"], "dataset": key, "data": data or "phantom",
             "data_hash": ds.data_hash(), "counts": counts, "seed": seed,
-            "replicas": replicas, "global_batch_size": bs, "strategy": type(strategy).__name__,
+            "replicas": replicas, "global_batch_size": bs, "strategy": _strategy_name(strategy),
             "versions": _versions(), "resumed": resuming}
     status = "finished"
     try:
