@@ -82,6 +82,32 @@ def run_case(mode, size, iterations, repeats, batch, jit=False):
     return out
 
 
+def crf_overhead(mode="quick", batch=32):
+    """Forward time of CRU-Net (resunet + CRF) vs the resunet alone, batch 32, 40x40, per CRF form."""
+    import numpy as np
+    import tensorflow as tf
+
+    from kerasseg.models import build_model
+
+    batch = 2 if mode == "tiny" else batch
+    x = tf.constant(np.random.default_rng(0).standard_normal((batch, 40, 40, 1)).astype(np.float32))
+    repeats = 1 if mode == "tiny" else 5
+    times = {}
+    for label, crf in (("resunet", None), ("crunet exact", {"mode": "exact"}), ("crunet scalable", {"mode": "scalable"})):
+        model = build_model("resunet", input_size=40, crf=crf)
+        fn = tf.function(lambda x, model=model: model(x, training=False))
+        times[label] = min(timed(lambda: fn(x), repeats, warmup=2)) / batch
+    rows, targets = [], []
+    for form in ("exact", "scalable"):
+        over = 100 * (times[f"crunet {form}"] / times["resunet"] - 1)
+        rows.append({"mode": f"crunet forward, CRF {form}", "size": 40, "batch": batch,
+                     "resunet_ms_per_image": 1000 * times["resunet"],
+                     "crunet_ms_per_image": 1000 * times[f"crunet {form}"], "crf_overhead_pct": over})
+        targets.append(target(f"CRF ({form}, 10 it.) overhead on a CRU-Net forward pass at 40x40", over, 30, "%",
+                              higher_is_better=False))
+    return rows, targets
+
+
 def run(mode="quick", inprocess=None):
     inprocess = (mode == "tiny") if inprocess is None else inprocess
     rows = []
@@ -98,7 +124,10 @@ def run(mode="quick", inprocess=None):
                 row.setdefault("size", size)
             rows.append(row)
             print("  crf", json.dumps(row), flush=True)
-    return {"name": "crf", "rows": rows, "targets": []}
+    over_rows, targets = crf_overhead(mode)
+    for row in over_rows:
+        print("  crf", json.dumps(row), flush=True)
+    return {"name": "crf", "rows": rows + over_rows, "targets": targets}
 
 
 def main(argv=None):

@@ -27,7 +27,14 @@ def run_all(mode="full", out="benchmarks/results", only=None) -> dict:
     out = Path(out)
     results = {"machine": common.machine(), "mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                "benchmarks": {}}
-    training_rows = None
+    previous = out / "all.json"
+    if only and previous.exists():  # re-running some benchmarks: keep the others' results
+        try:
+            old = json.loads(previous.read_text())
+            results["benchmarks"] = {k: v for k, v in old.get("benchmarks", {}).items() if k not in only}
+        except (OSError, ValueError):
+            pass
+    training_rows = results["benchmarks"].get("training", {}).get("rows")
     for name in only or NAMES:
         print(f"== {name} ({mode})", flush=True)
         t = time.perf_counter()
@@ -38,6 +45,8 @@ def run_all(mode="full", out="benchmarks/results", only=None) -> dict:
             res = {"name": name, "rows": [], "targets": [], "error": f"{type(exc).__name__}: {exc}"}
             print(f"  ERROR {res['error']}", flush=True)
         res["seconds"] = time.perf_counter() - t
+        res["mode"] = mode
+        res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         if name == "training":
             training_rows = res["rows"]
         common.print_targets(res.get("targets", []))
@@ -54,8 +63,9 @@ def to_markdown(results: dict) -> str:
              f"Python {m['python']}; 1-min load average at start {m['load_avg_1min_at_start']}. "
              f"Mode: {results['mode']}, {results['started']}.\n"]
     targets = []
-    for name, res in results["benchmarks"].items():
-        lines.append(f"### {name}\n")
+    for name in [n for n in NAMES if n in results["benchmarks"]]:
+        res = results["benchmarks"][name]
+        lines.append(f"### {name} ({res.get('mode', results['mode'])} mode, {res.get('finished', '')})\n")
         if res.get("error"):
             lines.append(f"Error: {res['error']}\n")
         if res.get("note"):
