@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kerasseg.data.dataset import save_npz
+from kerasseg.data.dataset import load_npz, save_npz
 from kerasseg.data.phantom import make_phantom
 from kerasseg.errors import KerassegError
 from kerasseg.training.callbacks import read_history
@@ -111,6 +111,7 @@ def test_fit_cli_and_load_run(tmp_path, tiny_npz):
                                    "--epochs", "2", "--seed", "1"])
     assert res.exit_code == 0, res.output
     assert "val Dice" in res.output and str(out) in res.output
+    assert "Otsu threshold" in res.output and "mean training mask" in res.output
     for f in ("config.yaml", "model.keras", "normalizer.json", "history.csv", "run.json"):
         assert (out / f).is_file(), f
     assert not (out / "backup").exists()
@@ -120,6 +121,11 @@ def test_fit_cli_and_load_run(tmp_path, tiny_npz):
     assert {"loss", "clean_loss", "dice", "val_loss", "val_dice"} <= set(hist[0])
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["seed"] == 1
+    from kerasseg.training.baselines import otsu_dice
+
+    test = load_npz(tiny_npz).subset("test")
+    assert run["otsu_test_dice"] == pytest.approx(otsu_dice(test.images, test.masks))
+    assert f"Otsu threshold {run['otsu_test_dice']:.4f}" in res.output
     best = max(hist, key=lambda r: r["val_dice"])
     assert run["best_epoch"] == best["epoch"]
     # the saved model is the best-validation epoch's: its val Dice matches the history

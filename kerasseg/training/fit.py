@@ -41,12 +41,18 @@ class RunResult:
     val_dice: float | None
     test_dice: float | None
     seconds: float
+    otsu_test_dice: float | None = None    # per-ROI Otsu thresholding on the same test ROIs
+    prior_test_dice: float | None = None   # mean training mask > 0.5 on the same test ROIs
 
     def summary(self) -> str:
         def f(v):
             return "n/a" if v is None else f"{v:.4f}"
-        return (f"{self.status}: best epoch {self.best_epoch} of {self.epochs_run}, "
-                f"val Dice {f(self.val_dice)}, test Dice {f(self.test_dice)}, run dir {self.run_dir}")
+        text = (f"{self.status}: best epoch {self.best_epoch} of {self.epochs_run}, "
+                f"val Dice {f(self.val_dice)}, test Dice {f(self.test_dice)}")
+        if self.otsu_test_dice is not None:
+            text += (f" (untrained baselines on test: Otsu threshold {f(self.otsu_test_dice)}, "
+                     f"mean training mask {f(self.prior_test_dice)})")
+        return text + f", run dir {self.run_dir}"
 
 
 def _arch_kwargs(cfg: dict) -> dict:
@@ -248,13 +254,18 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
 
     net, _, _ = load_run(out)
     val_dice = _dice(net, x_val, val.masks)
-    test_dice = None
+    test_dice = otsu = prior_d = None
     if counts["test"]:
+        from kerasseg.training.baselines import otsu_dice, prior_dice
+
         test = ds.subset("test")
         test_dice = _dice(net, norm(test.images), test.masks)
+        otsu = otsu_dice(test.images, test.masks)
+        prior_d = prior_dice(train.masks, test.masks)
     result = RunResult(run_dir=str(out), status=status, epochs_run=len(hist),
                        best_epoch=best.best_epoch, val_dice=val_dice, test_dice=test_dice,
-                       seconds=round(time.time() - t0, 1))
+                       seconds=round(time.time() - t0, 1), otsu_test_dice=otsu,
+                       prior_test_dice=prior_d)
     meta.update(asdict(result))
     atomic_write_text(run_json, json.dumps(meta, indent=2))
     return result
