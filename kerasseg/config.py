@@ -62,6 +62,9 @@ DEFAULTS: dict = {
         "adversarial": False,
         "epsilon": 0.1,
         "seed": 0,
+        # XLA-compile the train/test steps (about 2x faster steps on CPU after a longer first
+        # epoch). Keras refuses XLA with TF op determinism, so a jit run does not enable it.
+        "jit_compile": False,
     },
     "data": {
         "normalization": "image",

@@ -67,6 +67,7 @@ def test_unknown_key_suggests_closest(tmp_path):
     ("loss: {lambda: 0.5}", r"no crf section"),
     ("datasets: {ddsm: {train: {epsilon: -1}}}", r"datasets\.ddsm\.train\.epsilon must be >= 0"),
     ("model: [1, 2", r"not valid YAML"),
+    ("train: {jit_compile: 1}", r"train\.jit_compile must be true or false"),
 ])
 def test_out_of_range_values(tmp_path, text, msg):
     with pytest.raises(KerassegError, match=msg):

@@ -269,3 +269,19 @@ def test_multiworker_two_processes_match_single_process(tmp_path, tiny_npz):
                                        compile=False).get_weights()
     for a, b in zip(w_multi, w_single):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_jit_compile_run(tmp_path, tiny_npz):
+    """train.jit_compile: the steps run under XLA (op determinism off) and train normally."""
+    cfg = small_cfg(tmp_path, jit_compile=True, patience=0)
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-c", FIT_SNIPPET, cfg, tiny_npz, str(out), "2"],
+                         env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["jit_compile"] is True and run["op_determinism"] is False
+    hist = read_history(out / "history.csv")
+    assert [r["epoch"] for r in hist] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["val_dice"]) for r in hist)
+    assert hist[1]["loss"] < hist[0]["loss"]

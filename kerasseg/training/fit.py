@@ -203,7 +203,9 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     _repair_backup(backup)
 
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    jit = cfg["train"]["jit_compile"]
+    if not jit:  # Keras disables XLA under op determinism: one or the other
+        tf.config.experimental.enable_op_determinism()
 
     train, val = ds.subset("train"), ds.subset("val")
     norm = Normalizer(cfg["data"]["normalization"], cfg["data"]["enhancement"]).fit(train.images)
@@ -224,6 +226,15 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     atomic_write_text(out / "normalizer.json", json.dumps(norm.get_config()))
     with strategy.scope():
         model = build_training_model(cfg, ds.size, prior)
+    if jit:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.jit_compile = True
+        if not model.jit_compile:
+            warn("train.jit_compile: XLA is off for this run (op determinism was already "
+                 "enabled in this process by an earlier run, or a layer does not support XLA)")
 
     best = BestModel(model.net, out / "model.keras", out / "best_state.json",
                      monitor="val_dice", patience=cfg["train"]["patience"])
@@ -237,7 +248,8 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     meta = {"config": cfg["name"], "dataset": key, "data": data or "phantom",
             "data_hash": ds.data_hash(), "counts": counts, "seed": seed,
             "replicas": replicas, "global_batch_size": bs, "strategy": _strategy_name(strategy),
-            "versions": _versions(), "resumed": resuming}
+            "versions": _versions(), "resumed": resuming, "jit_compile": bool(model.jit_compile),
+            "op_determinism": not jit}
     status = "finished"
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg["train"]["epochs"],
