@@ -253,7 +253,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     status = "finished"
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg["train"]["epochs"],
-                  callbacks=callbacks, verbose=verbose)
+                  callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
     except KeyboardInterrupt:
         status = "interrupted"
     from kerasseg.training.callbacks import read_history
