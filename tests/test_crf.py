@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kerasseg.training.strategy import cpu_mirrored_strategy
+
 from kerasseg.errors import KerassegError
 from kerasseg.layers.crf import CRFRNN
 
@@ -384,7 +386,7 @@ def test_unknown_batch_and_jit_compile(rng):
 def test_mirrored_strategy_predict_and_fit(rng):
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     assert len(devices) == 2
-    strategy = tf.distribute.MirroredStrategy(devices)
+    strategy = cpu_mirrored_strategy(devices)
     x = rng.normal(size=(4, 8, 10, 1)).astype(np.float32)
     y = keras.utils.to_categorical((x[..., 0] > 0).astype(int), 2)
     with strategy.scope():

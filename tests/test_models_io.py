@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kerasseg.training.strategy import cpu_mirrored_strategy
+
 from kerasseg.errors import KerassegError
 from kerasseg.models import build_model, final_key, list_archs, output_keys
 
@@ -82,7 +84,7 @@ def test_keras_round_trip(arch, kwargs, tmp_path):
 def test_crf_composite_under_mirrored_strategy():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     assert len(devices) == 2, "conftest should provide two logical CPU devices"
-    strategy = tf.distribute.MirroredStrategy(devices)
+    strategy = cpu_mirrored_strategy(devices)
     assert strategy.num_replicas_in_sync == 2
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 40, 40, 1)).astype(np.float32)

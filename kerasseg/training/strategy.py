@@ -61,4 +61,17 @@ def get_strategy(devices: int | None = None) -> tf.distribute.Strategy:
     if devices == 1:
         return tf.distribute.get_strategy()
     names = _ensure_logical_cpus(devices)
-    return tf.distribute.MirroredStrategy(names)
+    return cpu_mirrored_strategy(names)
+
+
+def cpu_mirrored_strategy(names):
+    """MirroredStrategy over logical CPU devices.
+
+    TensorFlow's default for CPUs is CollectiveAllReduce, whose collective instance keys
+    collide when a second strategy is created in the same process (a second ``fit`` in one
+    Python session, ``reproduce``): "Shape mismatch in the collective instance". Reducing
+    to one device has no such shared state and gives the same sums.
+    """
+    return tf.distribute.MirroredStrategy(
+        list(names), cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
