@@ -202,3 +202,17 @@ def test_pipeline_errors(rng):
         make_tf_dataset(x, np.full((2, 4, 4), 2, np.uint8), 2, training=False)
     with pytest.raises(KerassegError, match="N = 0"):
         flip_augment(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
+
+
+def test_training_dataset_has_known_length():
+    import tensorflow as tf
+
+    from kerasseg.data.pipeline import make_tf_dataset
+
+    imgs = np.zeros((5, 8, 8), np.float32)
+    msks = np.zeros((5, 8, 8), np.uint8)
+    ds = make_tf_dataset(imgs, msks, 3, training=True, seed=0)
+    # 5 ROIs x 4 flips = 20 examples -> 7 batches, known before iterating
+    assert int(ds.cardinality()) == 7
+    assert sum(1 for _ in ds) == 7
+    assert int(make_tf_dataset(imgs, msks, 3, training=False).cardinality()) == 2

@@ -80,8 +80,10 @@ def make_tf_dataset(images, masks, batch_size, *, training, seed=0, flips=True,
                                  tf.reverse(lab, [0, 1])])
                 return tf.data.Dataset.from_tensor_slices((imgs, labs))
 
-            ds = ds.flat_map(four)
             n *= 4
+            # flat_map hides the length; state it so Keras shows a full progress bar in the
+            # first epoch (and does not warn that the input "ran out of data")
+            ds = ds.flat_map(four).apply(tf.data.experimental.assert_cardinality(n))
         ds = ds.shuffle(n, seed=int(seed), reshuffle_each_iteration=True)
     ds = ds.batch(int(batch_size), drop_remainder=bool(drop_remainder))
     return ds.prefetch(tf.data.AUTOTUNE)
