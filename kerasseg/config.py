@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -362,15 +361,6 @@ def to_yaml(cfg: dict) -> str:
 
 def save_config(cfg: dict, path) -> Path:
     """Write the (resolved) config as YAML atomically."""
-    path = Path(path)
-    text = to_yaml(cfg)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from kerasseg.fileio import atomic_write_text
+
+    return atomic_write_text(path, to_yaml(cfg))

@@ -13,8 +13,6 @@ A prepared dataset is one compressed ``.npz`` with
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasseg.errors import KerassegError
+from kerasseg.fileio import atomic_write
 
 SPLITS = ("train", "val", "test")
 
@@ -143,21 +142,7 @@ def save_npz(ds: ROIDataset, path) -> Path:
         arrays["spacing_mm"] = ds.spacing_mm
     if ds.boxes is not None:
         arrays["boxes"] = ds.boxes
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise KerassegError(f"cannot write here ({exc.strerror})", path) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise KerassegError(f"cannot write ({exc.strerror})", path) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def load_npz(path) -> ROIDataset:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -76,21 +74,6 @@ def thumbnail_grid(ds: ROIDataset, path, n: int = 32, *, cols: int = 8, dpi: int
         ax.set_axis_off()
     fig.tight_layout(pad=0.3)
 
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise KerassegError(f"cannot write here ({exc.strerror})", path) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)      # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise KerassegError(f"cannot write ({exc.strerror})", path) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from kerasseg.fileio import atomic_write
+
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))

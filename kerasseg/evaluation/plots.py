@@ -11,8 +11,6 @@ Every figure has a fixed pixel size (``figsize * dpi``), so callers know what th
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +22,7 @@ import numpy as np  # noqa: E402
 from skimage import measure  # noqa: E402
 
 from kerasseg.errors import KerassegError  # noqa: E402
+from kerasseg.fileio import atomic_write  # noqa: E402
 
 DPI = 100
 
@@ -35,17 +34,10 @@ def save_figure(fig, path) -> Path:
     if not parent.is_dir():
         plt.close(fig)
         raise KerassegError("output folder does not exist", parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
     finally:
         plt.close(fig)
-    return path
 
 
 def dice_histogram(dice, path, title="Test Dice", size=(10.0, 4.0)) -> Path:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasseg.errors import KerassegError
+from kerasseg.fileio import atomic_write
 from kerasseg.evaluation import metrics as M
 from kerasseg.evaluation import plots
 from kerasseg.evaluation import stats as S
@@ -47,17 +46,7 @@ DEFINITIONS = {
 
 # ------------------------------------------------------------------ atomic files
 def _atomic(path, write_fn, mode="w"):
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as fh:
-            write_fn(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, write_fn, mode)
 
 
 def write_json(path, obj) -> Path:

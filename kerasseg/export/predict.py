@@ -14,13 +14,12 @@ An ``.npz`` dataset gives ``<stem>_predictions.npz`` (ids, prob, pred) and ``<st
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kerasseg.fileio import atomic_path
 from kerasseg.errors import KerassegError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -192,16 +191,9 @@ def measure(mask: np.ndarray, spacing_mm=None) -> dict:
 
 
 def _atomic(path: Path, writer) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    """``writer(tmp_path)``; the temp path keeps the suffix so writers pick the format by it."""
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
         writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_png(path, arr) -> None:

@@ -14,26 +14,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import keras
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from kerasseg.fileio import atomic_write_text  # noqa: E402,F401  (re-exported)
 
 
 def read_history(path) -> list[dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 from skimage.measure import label
 
 from kerasseg.data.readers import (IMAGE_SUFFIXES, ImageRecord, dicom_laterality, dicom_spacing,
