@@ -18,10 +18,36 @@ from kerasseg import __version__  # noqa: E402
 from kerasseg.errors import KerassegError  # noqa: E402
 
 
+def _quiet_tensorflow_start():
+    """Import TensorFlow and probe its devices with C-level stderr silenced.
+
+    TensorFlow's C++ runtime prints lines such as "Could not find cuda drivers" and
+    "failed call to cuInit" before its log level applies; on a machine without a GPU they
+    look like errors but are not. Only this start-up is silenced: Python exceptions still
+    propagate, and everything printed afterwards reaches stderr as usual.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("KERASSEG_VERBOSE_TF"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe; does not fix logical devices
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class KerassegGroup(click.Group):
     """A click group that reports :class:`KerassegError` as one clear line."""
 
     def invoke(self, ctx):
+        if ctx.protected_args or ctx.args:
+            _quiet_tensorflow_start()
         try:
             return super().invoke(ctx)
         except KerassegError as exc:
