@@ -54,9 +54,12 @@ def test_run_all_tiny(tmp_path):
         assert r["rows"], name
     md = (tmp_path / "results.md").read_text()
     assert "### Targets (issue 7)" in md and "adversarial/plain" in md
-    crf_rows = res["benchmarks"]["crf"]["rows"]
+    rows = res["benchmarks"]["crf"]["rows"]
+    crf_rows = [r for r in rows if r["mode"] in ("exact", "scalable")]
+    overhead_rows = [r for r in rows if r["mode"].startswith("crunet forward")]
     assert {r["mode"] for r in crf_rows} == {"exact", "scalable"}
     assert all(np.isfinite(r["fwd_ms_per_image_it2"]) for r in crf_rows)
+    assert len(overhead_rows) == 2 and all(np.isfinite(r["crf_overhead_pct"]) for r in overhead_rows)
     flops = res["benchmarks"]["flops"]["rows"][0]
     assert flops["fwd_mflops_per_roi"] > 1 and flops["matmul_peak_gflops"] > 0
 
