@@ -100,7 +100,7 @@ def test_evaluate_uses_crf_output_when_present(tmp_path, rng):
 
 def test_evaluate_bad_inputs(tmp_path, rng):
     ds = _dataset(rng)
-    with pytest.raises(KerassegError, match="model.keras is missing"):
+    with pytest.raises(KerassegError, match="no model.keras here"):
         evaluate_run(tmp_path, data=ds, out_dir=tmp_path / "r")
     with pytest.raises(KerassegError, match="no such run"):
         evaluate_run(tmp_path / "nope", data=ds)
@@ -171,7 +171,7 @@ def test_cli_compare_and_evaluate_errors(tmp_path, rng):
     assert res.exit_code == 1
     assert "Error:" in res.output and "different data" in res.output and "Traceback" not in res.output
     res = runner.invoke(cli, ["evaluate", str(tmp_path), "--data", "phantom"])
-    assert res.exit_code == 1 and "model.keras is missing" in res.output
+    assert res.exit_code == 1 and "no model.keras here" in res.output
 
 
 def test_evaluate_keras_file_with_normalizer(tmp_path, rng):

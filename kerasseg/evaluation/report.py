@@ -98,47 +98,17 @@ def _load_source(run_or_model, normalizer):
 
 
 def _load_source_raw(run_or_model, normalizer):
-    try:
-        import keras
-    except ImportError:  # pragma: no cover
-        raise
+    import keras
+
+    from kerasseg.training.run import load_model_source
+
+    model, norm, config, run_dir = load_model_source(run_or_model)
     if isinstance(run_or_model, keras.Model):
-        return run_or_model, normalizer or _Identity(), {}, None, getattr(run_or_model, "name", "model")
-    path = Path(str(run_or_model))
-    if not path.exists():
-        raise KerassegError("no such run directory or model file", path)
-    if path.is_dir():
-        if not (path / "model.keras").is_file():
-            raise KerassegError("not a run directory: model.keras is missing", path)
-        from kerasseg.training import load_run
-
-        model, norm, config = load_run(path)
-        return model, normalizer or norm, dict(config or {}), path, str(path)
-    if path.suffix != ".keras":
-        raise KerassegError("expected a run directory or a .keras model file", path)
-    if (path.parent / "normalizer.json").is_file() and path.name == "model.keras":
-        from kerasseg.training import load_run
-
-        model, norm, config = load_run(path.parent)
-        return model, normalizer or norm, dict(config or {}), path.parent, str(path)
-    import kerasseg.models  # noqa: F401  (registers the custom layers)
-
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as exc:  # noqa: BLE001 - any load failure is a user-file problem
-        raise KerassegError(f"cannot load model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-                            path) from None
-    if normalizer is None:
-        norm_file = path.parent / "normalizer.json"
-        if not norm_file.is_file():
-            raise KerassegError("no normalizer.json beside the model; pass the run directory instead", path)
-        try:
-            from kerasseg.data.pipeline import Normalizer
-        except ImportError:
-            from kerasseg.data.preprocess import Normalizer
-
-        normalizer = Normalizer.from_config(json.loads(norm_file.read_text()))
-    return model, normalizer, {}, None, str(path)
+        return model, normalizer or _Identity(), {}, None, getattr(model, "name", "model")
+    if normalizer is None and norm is None:
+        raise KerassegError("no normalizer.json beside the model; pass the run directory instead",
+                            run_or_model)
+    return model, normalizer or norm, config, run_dir, str(run_or_model)
 
 
 def _final_key(model, outputs) -> str:

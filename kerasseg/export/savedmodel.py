@@ -17,7 +17,6 @@ The exported folder follows TF Serving's layout ``BASE/NAME/<version>/`` (``save
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -61,33 +60,6 @@ def check_graph_normalizer(normalizer, source=None) -> None:
         raise KerassegError(f"normaliser {type(normalizer).__name__} has no tf_normalize(); cannot export", source)
 
 
-def _load_keras_model(path: Path):
-    import keras
-
-    try:
-        import kerasseg.models  # noqa: F401  (registers the custom layers)
-    except ImportError:
-        pass
-    try:
-        import kerasseg.layers  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        return keras.saving.load_model(str(path), compile=False)
-    except Exception as exc:  # noqa: BLE001 - any load failure is a user-input problem here
-        raise KerassegError(f"cannot load Keras model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", path) from None
-
-
-def _load_normalizer_json(path: Path):
-    from kerasseg.data.pipeline import Normalizer
-
-    try:
-        cfg = json.loads(path.read_text())
-        return Normalizer.from_config(cfg)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise KerassegError(f"cannot read normaliser: {exc}", path) from None
-
-
 def load_source(source):
     """Resolve ``source`` into ``(model, normalizer)``.
 
@@ -97,30 +69,16 @@ def load_source(source):
     """
     import keras
 
-    if isinstance(source, keras.Model):
-        return source, None
+    from kerasseg.training.run import load_model_source
+
     if isinstance(source, (tuple, list)) and len(source) == 2 and isinstance(source[0], keras.Model):
         return source[0], source[1]
-    path = Path(source)
-    if not path.exists():
-        raise KerassegError("no such run directory or model file", path)
-    if path.is_dir():
-        if not (path / "model.keras").exists():
-            raise KerassegError("not a training run directory (no model.keras)", path)
-        from kerasseg.training import load_run
-
-        model, normalizer, _config = load_run(path)
-        return model, normalizer
-    if path.suffix != ".keras":
-        raise KerassegError("expected a run directory or a .keras model file", path)
-    model = _load_keras_model(path)
-    norm_path = path.with_name("normalizer.json")
-    if not norm_path.exists():
+    model, normalizer, _config, _run = load_model_source(source)
+    if normalizer is None and not isinstance(source, keras.Model):
         from kerasseg.errors import warn
 
-        warn("no normalizer.json beside the model: exporting without normalisation", path)
-        return model, None
-    return model, _load_normalizer_json(norm_path)
+        warn("no normalizer.json beside the model: exporting without normalisation", source)
+    return model, normalizer
 
 
 def model_size(model) -> int:
