@@ -190,9 +190,8 @@ def test_bad_parameters():
         cf.bilateral_message(q, q[..., :1], 3.0, -1.0)
     with pytest.raises(KerassegError, match="one-channel"):
         cf.intensity_message(q, q, 1.0)
-    layer = CRFRNN(mode="scalable", trainable_bandwidths=True)
-    with pytest.raises(KerassegError, match="trainable"):  # traced (as in fit/export): no static bandwidth
-        tf.function(lambda u, x: layer([u, x]), autograph=False)(q, q[..., :1])
+    with pytest.raises(KerassegError, match="trainable"):  # refused when the layer is made
+        CRFRNN(mode="scalable", trainable_bandwidths=True)
 
 
 def test_savedmodel_scalable_roundtrip(rng, tmp_path):
@@ -258,3 +257,13 @@ def test_messages_hook_equals_direct_filters(rng):
     ]
     for g, d in zip(got, direct):
         np.testing.assert_allclose(g.numpy(), d.numpy(), rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("mode", ["scalable", "auto"])
+def test_trainable_bandwidths_rejected_outside_exact_mode_at_construction(mode):
+    from kerasseg.errors import KerassegError
+    from kerasseg.layers import CRFRNN
+
+    with pytest.raises(KerassegError, match="trainable_bandwidths=True needs mode='exact'"):
+        CRFRNN(mode=mode, trainable_bandwidths=True)
+    assert CRFRNN(mode="exact", trainable_bandwidths=True).trainable_bandwidths

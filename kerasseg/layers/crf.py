@@ -158,6 +158,11 @@ class CRFRNN(keras.layers.Layer):
             or max_dense_pixels < 1
         ):
             raise KerassegError(f"CRFRNN: max_dense_pixels={max_dense_pixels!r} must be a positive integer")
+        if trainable_bandwidths and mode != "exact":
+            raise KerassegError(
+                f"CRFRNN: trainable_bandwidths=True needs mode='exact' (the {mode!r} form sizes its "
+                "filtering grids from fixed bandwidths)"
+            )
 
         self.iterations_train = int(iterations_train)
         self.iterations_test = int(iterations_test)
