@@ -18,7 +18,7 @@ CHAIN = {0: (0, -1), 1: (1, -1), 2: (1, 0), 3: (1, 1), 4: (0, 1), 5: (-1, 1), 6:
 
 
 def write_dicom(path, pixels, spacing=(0.07, 0.07), laterality=None, photometric="MONOCHROME2",
-                pixel_data=True, patient_id="P1"):
+                pixel_data=True, patient_id="P1", slope=None, intercept=None):
     """A minimal valid DICOM file holding a uint16 image (written with pydicom)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +46,10 @@ def write_dicom(path, pixels, spacing=(0.07, 0.07), laterality=None, photometric
         ds.PixelData = arr.tobytes()
     if spacing is not None:
         ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
+    if slope is not None:
+        ds.RescaleSlope = slope
+    if intercept is not None:
+        ds.RescaleIntercept = intercept
     ds.save_as(path, enforce_file_format=True)
     return path
 

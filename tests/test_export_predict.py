@@ -11,35 +11,8 @@ from skimage.measure import perimeter
 from kerasseg.errors import KerassegError
 from kerasseg.export import Segmenter, export_model, predict_inputs
 from kerasseg.export.predict import box_from_hint, check_box, parse_roi, read_image
+from fixtures_data import write_dicom
 from test_export_common import ImageNormalizer, keras_reference, tiny_model
-
-
-def write_dicom(path, pixels, spacing=(0.07, 0.07), photometric="MONOCHROME2", slope=1.0, intercept=0.0):
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # digital mammography
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MG"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope = slope
-    ds.RescaleIntercept = intercept
-    if spacing is not None:
-        ds.PixelSpacing = [str(spacing[0]), str(spacing[1])]
-    ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
-    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
 
 
 @pytest.fixture(scope="module")
