@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
-from benchmarks.common import maxrss_mb, print_targets, run_json_subprocess, target, timed
+from benchmarks.common import disc_rois, maxrss_mb, print_targets, run_json_subprocess, target, timed
 
 SIZES = {"tiny": (16,), "quick": (40, 80, 128, 256, 512), "full": (40, 80, 128, 256, 512)}
 ITERATIONS = {"tiny": (2,), "quick": (5, 10), "full": (5, 10)}
@@ -31,13 +30,9 @@ def problem(batch, size, seed=0):
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
     imgs, unary = [], []
-    for _ in range(batch):
-        cy, cx = rng.uniform(0.35, 0.65, 2) * size
-        r = rng.uniform(0.15, 0.28) * size
-        m = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.float32)
-        imgs.append(1.5 * m + 0.4 * rng.standard_normal((size, size)))
+    for m, im in disc_rois(rng, batch, size):
+        imgs.append(im)
         logit = 2 * (m - 0.5) + 1.2 * rng.standard_normal((size, size))
         unary.append(np.stack([-logit, logit], -1) / 2)
     img = np.array(imgs, np.float32)[..., None]

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import print_targets, target
+from benchmarks.common import disc_rois, print_targets, target
 
 MODELS = {"tiny": ("unet",), "quick": ("unet", "resunet", "crunet", "multifcn_crf"),
           "full": ("unet", "resunet", "crunet", "multifcn_crf")}
@@ -39,14 +39,7 @@ class _EpochTimer:
 
 def data(n, size=40, seed=0):
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    imgs, masks = [], []
-    for _ in range(n):
-        cy, cx = rng.uniform(0.35, 0.65, 2) * size
-        r = rng.uniform(0.15, 0.28) * size
-        m = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)
-        imgs.append(1.5 * m + 0.4 * rng.standard_normal((size, size)))
-        masks.append(m)
+    masks, imgs = zip(*disc_rois(rng, n, size))
     return np.array(imgs, np.float32), np.array(masks, np.uint8)
 
 

@@ -102,11 +102,28 @@ def run_json_subprocess(args: list[str], timeout: float) -> dict:
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` atomically (kerasseg's own helper), creating the results folder if needed."""
+    from kerasseg.fileio import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
+
+
+def disc_rois(rng, n, size):
+    """Yield ``n`` synthetic ROIs ``(mask, image)``: a disc-shaped mass of contrast 1.5 in unit-0.4 noise.
+
+    A generator, so a caller may draw more from ``rng`` between ROIs (the CRF problem draws its
+    unary noise there) and keep one reproducible random stream.
+    """
+    import numpy as np
+
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(n):
+        cy, cx = rng.uniform(0.35, 0.65, 2) * size
+        r = rng.uniform(0.15, 0.28) * size
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.float32)
+        yield m, 1.5 * m + 0.4 * rng.standard_normal((size, size))
 
 
 def _fmt(v):
