@@ -42,11 +42,16 @@ def _quiet_tensorflow_start():
         os.close(devnull)
 
 
+# commands that never import TensorFlow: they must not pay its start-up (seconds) either
+TENSORFLOW_FREE_COMMANDS = frozenset({"data"})
+
+
 class KerassegGroup(click.Group):
     """A click group that reports :class:`KerassegError` as one clear line."""
 
     def invoke(self, ctx):
-        if ctx.protected_args or ctx.args:
+        words = [*ctx.protected_args, *ctx.args]
+        if words and words[0] not in TENSORFLOW_FREE_COMMANDS:
             _quiet_tensorflow_start()
         try:
             return super().invoke(ctx)
