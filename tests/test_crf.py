@@ -441,17 +441,19 @@ def test_scalable_mode_without_backend_raises(monkeypatch):
     monkeypatch.setitem(sys.modules, "kerasseg.layers.crf_filters", None)
     with pytest.raises(KerassegError, match="crf_filters"):
         CRFRNN(mode="scalable")
-    layer = CRFRNN(mode="auto", max_dense_pixels=64)  # exact below the limit still works
+    layer = CRFRNN(mode="auto", lowrank_max_pixels=64)  # the low-rank form below the limit still works
     out = layer([np.zeros((1, 8, 8, 2), np.float32), np.zeros((1, 8, 8, 1), np.float32)])
     np.testing.assert_allclose(out.numpy(), 0.5, atol=1e-6)
     with pytest.raises(KerassegError, match="crf_filters"):
-        CRFRNN(mode="auto", max_dense_pixels=63)(
+        CRFRNN(mode="auto", lowrank_max_pixels=63)(
             [np.zeros((1, 8, 8, 2), np.float32), np.zeros((1, 8, 8, 1), np.float32)]
         )
 
 
-def test_scalable_backend_plugs_in(rng, monkeypatch):
-    """A backend module with prepare()/messages() is used by mode="scalable" and by "auto" above the limit."""
+@pytest.mark.parametrize("with_map_messages", [False, True])
+def test_scalable_backend_plugs_in(rng, monkeypatch, with_map_messages):
+    """A backend module with prepare()/messages() is used by mode="scalable" and by "auto" above
+    lowrank_max_pixels; with map_messages()/ones_messages() too, the two-class path uses those."""
     import types
 
     calls = []
@@ -470,17 +472,23 @@ def test_scalable_backend_plugs_in(rng, monkeypatch):
         return [tf.constant((m @ qf).reshape(b, h, w, c), tf.float32) for m in mats]
 
     fake = types.SimpleNamespace(prepare=prepare, messages=messages)
+    if with_map_messages:
+        fake.map_messages = lambda x, state: [m[..., 0] for m in messages(x[..., None], state)]
+        fake.ones_messages = lambda state: [
+            m[..., 0] for m in messages(tf.ones_like(state[0][..., :1]), state)
+        ]
     monkeypatch.setitem(sys.modules, "kerasseg.layers.crf_filters", fake)
     unary, image = random_inputs(rng, b=2, h=5, w=6)
     weights = [0.3, 0.4, 0.05]
-    want = ref_mean_field(unary, image, ALL, THETAS, weights, 1.0 - np.eye(2), 3)
-    for kwargs in (dict(mode="scalable"), dict(mode="auto", max_dense_pixels=29)):
-        layer = make_layer(ALL, weights, iterations_test=3, **kwargs)
+    compat = np.array([[0.2, 1.3], [0.7, -0.1]])  # not Potts: exercises the two-class algebra
+    want = ref_mean_field(unary, image, ALL, THETAS, weights, compat, 3)
+    for kwargs in (dict(mode="scalable"), dict(mode="auto", lowrank_max_pixels=29)):
+        layer = make_layer(ALL, weights, compat, iterations_test=3, **kwargs)
         np.testing.assert_allclose(layer([unary, image]).numpy(), want, atol=1e-5)
     assert calls == [ALL, ALL]
-    exact = make_layer(ALL, weights, iterations_test=3, mode="auto", max_dense_pixels=30)
-    np.testing.assert_allclose(exact([unary, image]).numpy(), want, atol=1e-5)
-    assert len(calls) == 2  # 30 pixels <= limit: exact form, backend not called
+    lowrank = make_layer(ALL, weights, compat, iterations_test=3, mode="auto", lowrank_max_pixels=30)
+    np.testing.assert_allclose(lowrank([unary, image]).numpy(), want, atol=2e-3)
+    assert len(calls) == 2  # 30 pixels <= limit: low-rank form, backend not called
 
 
 def test_custom_backward_matches_autodiff_of_plain_loop(rng):

@@ -168,6 +168,8 @@ def test_auto_mode_dispatch(rng, monkeypatch):
     big_img = rng.standard_normal((1, 80, 80, 1)).astype(np.float32)
     big_un = rng.standard_normal((1, 80, 80, 2)).astype(np.float32)
     out = CRFRNN(mode="auto", iterations_test=1)([big_un, big_img])
+    assert calls == [] and out.shape == (1, 80, 80, 2)  # 6400 pixels: still the low-rank form
+    out = CRFRNN(mode="auto", iterations_test=1, lowrank_max_pixels=80 * 80 - 1)([big_un, big_img])
     assert calls == [1] and out.shape == (1, 80, 80, 2)
 
 

@@ -57,6 +57,8 @@ __all__ = [
     "intensity_plan",
     "prepare",
     "messages",
+    "map_messages",
+    "ones_messages",
     "OPTIONS",
     "DEFAULT_TRUNCATE",
 ]
@@ -487,3 +489,13 @@ def messages(q, state):
         last = tf.cast(ones, m_head.dtype) - tf.reduce_sum(m_head, axis=-1, keepdims=True)
         out.append(tf.concat([m_head, last], axis=-1))
     return out
+
+
+def map_messages(x, state):
+    """Per-kernel messages of one map ``x`` (B, H, W), self term excluded (two-class fast path)."""
+    return [plan(x[..., None])[..., 0] for plan, _ in state]
+
+
+def ones_messages(state):
+    """Per-kernel messages of the all-ones map, (B, H, W) each, computed once by :func:`prepare`."""
+    return [ones[..., 0] for _, ones in state]
