@@ -14,8 +14,9 @@ GPU runs fastest on the papers' 40x40 ROIs, and stays ahead of the grid form up 
   on ``K`` anchor intensities ``c_k`` spread evenly over each image's range:
   ``k(a, b) ~= phi(a)^T M phi(b)`` with ``phi_k(a) = exp(-(a - c_k)^2 / 2 theta^2)`` and
   ``M = Gram(c)^-1``. With anchors ``0.8 theta`` apart the kernel is off by at most 2.5e-3 of
-  its peak (1.4e-2 at ``1.0 theta``; the anchors spread wider only when an image's range needs
-  more than ``K`` of them).
+  its peak (K = 16 anchors cover 12 theta: a normalised ROI's range at theta = 0.5), 1.4e-2 at
+  ``1.0 theta`` (15 theta); an image with a still wider range gets a proportionally wider
+  bandwidth (a smoother kernel rather than a wrong one).
 
 So the bilateral message is ``phi_i^T M [Uy (Uy^T (phi q) Ux) Ux^T]_i``, the all-pairs intensity
 message (Zhu eq. 4) ``phi_i^T M sum_j phi_j q_j``, and the spatial message the separable filter.
@@ -84,32 +85,43 @@ def spatial_rank(n: int, theta: float, rtol: float = OPTIONS["spatial_rtol"]) ->
     return int(f.shape[1])
 
 
+#: anchors further apart than this many bandwidths widen the bandwidth instead (error 1.4e-2 here)
+MAX_RANGE_SPACING = 1.0
+
+
 def range_features(image, theta, anchors=None, spacing=None):
     """Nystroem features of the intensities: ``(phi (B, K, H, W), M (B, K, K))``.
 
-    ``exp(-(I_i - I_j)^2 / 2 theta^2) ~= sum_kl phi[k, i] M[k, l] phi[l, j]``. The K anchors are
-    centred on each image's intensity range, ``max(spacing * theta, range / (K - 1))`` apart.
+    ``exp(-(I_i - I_j)^2 / 2 t^2) ~= sum_kl phi[k, i] M[k, l] phi[l, j]``. The K anchors are
+    centred on each image's intensity range, ``max(spacing * theta, range / (K - 1))`` apart, and
+    ``t = theta`` while that is at most ``MAX_RANGE_SPACING * theta`` (kernel error 2.5e-3 of its
+    peak at 0.8 theta, 1.4e-2 at 1.0). An image with a still wider range gets a proportionally
+    wider bandwidth ``t = range / (K - 1)``: a smoother kernel rather than a wrong one.
     """
     anchors = int(OPTIONS["range_anchors"] if anchors is None else anchors)
     spacing = float(OPTIONS["range_spacing"] if spacing is None else spacing)
     if anchors < 2:
         raise KerassegError(f"CRF range anchors must be >= 2, got {anchors}")
+    if not 0.7 <= spacing <= MAX_RANGE_SPACING:
+        raise KerassegError(
+            f"CRF range anchor spacing must be in [0.7, {MAX_RANGE_SPACING}] bandwidths, got {spacing}"
+        )
     img = tf.convert_to_tensor(image)[..., 0]  # (B, H, W)
     theta = tf.cast(theta, img.dtype)
     flat = tf.stop_gradient(tf.reshape(img, [tf.shape(img)[0], -1]))
     lo, hi = tf.reduce_min(flat, axis=1), tf.reduce_max(flat, axis=1)
     step = tf.maximum(spacing * theta, (hi - lo) / float(anchors - 1))  # (B,)
+    width = tf.maximum(theta, step / MAX_RANGE_SPACING)  # the bandwidth t actually used, (B,)
     offsets = tf.range(anchors, dtype=img.dtype) - 0.5 * (anchors - 1)
     centres = 0.5 * (lo + hi)[:, None] + step[:, None] * offsets[None, :]  # (B, K)
-    scale = 1.0 / (2.0 * tf.square(theta))
-    phi = tf.exp(-tf.square(img[:, None] - centres[:, :, None, None]) * scale)
-    # Gram of the anchors: a function of (k - l) * step / theta only; well conditioned for
-    # step >= 0.7 theta (condition number < 1e4), inverted in float64 through a Cholesky factor
+    scale = 1.0 / (2.0 * tf.square(width))  # (B,)
+    phi = tf.exp(-tf.square(img[:, None] - centres[:, :, None, None]) * scale[:, None, None, None])
+    # Gram of the anchors: a function of (k - l) * step / t in [0.7, 1] * (k - l): condition
+    # number < 1e4, inverted in float64 through its Cholesky factor
     dk = offsets[:, None] - offsets[None, :]
-    gram = tf.exp(-tf.square(dk)[None] * (tf.square(step) * scale)[:, None, None])
-    gram64 = tf.cast(gram, tf.float64)
+    gram = tf.cast(tf.exp(-tf.square(dk)[None] * (tf.square(step) * scale)[:, None, None]), tf.float64)
     eye = tf.eye(anchors, batch_shape=tf.shape(gram)[:1], dtype=tf.float64)
-    inv = tf.linalg.cholesky_solve(tf.linalg.cholesky(gram64), eye)
+    inv = tf.linalg.cholesky_solve(tf.linalg.cholesky(gram), eye)
     return phi, tf.cast(inv, img.dtype)
 
 
