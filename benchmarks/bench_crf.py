@@ -1,4 +1,4 @@
-"""CRF layer forward and forward+backward time vs ROI size and iterations, exact and scalable, with peak memory.
+"""CRF layer forward and forward+backward time vs ROI size and iterations, exact, lowrank and scalable, with peak memory.
 
 Each (mode, size) case runs in a fresh subprocess (``python -m benchmarks.bench_crf --case MODE SIZE ...``)
 so its peak RSS (ru_maxrss) minus the RSS before the CRF work is the CRF's own peak memory.
@@ -88,12 +88,13 @@ def crf_overhead(mode="quick", batch=32):
     x = tf.constant(np.random.default_rng(0).standard_normal((batch, 40, 40, 1)).astype(np.float32))
     repeats = 1 if mode == "tiny" else 5
     times = {}
-    for label, crf in (("resunet", None), ("crunet exact", {"mode": "exact"}), ("crunet scalable", {"mode": "scalable"})):
+    forms = ("lowrank", "scalable", "exact")
+    for label, crf in [("resunet", None)] + [(f"crunet {f}", {"mode": f}) for f in forms]:
         model = build_model("resunet", input_size=40, crf=crf)
         fn = tf.function(lambda x, model=model: model(x, training=False))
         times[label] = min(timed(lambda: fn(x), repeats, warmup=2)) / batch
     rows, targets = [], []
-    for form in ("exact", "scalable"):
+    for form in forms:
         over = 100 * (times[f"crunet {form}"] / times["resunet"] - 1)
         rows.append({"mode": f"crunet forward, CRF {form}", "size": 40, "batch": batch,
                      "resunet_ms_per_image": 1000 * times["resunet"],
@@ -106,7 +107,7 @@ def crf_overhead(mode="quick", batch=32):
 def run(mode="quick", inprocess=None):
     inprocess = (mode == "tiny") if inprocess is None else inprocess
     rows = []
-    for crf_mode in ("exact", "scalable"):
+    for crf_mode in ("exact", "lowrank", "scalable"):
         for size in SIZES[mode]:
             batch = batch_for(size, mode)
             if inprocess:

@@ -47,13 +47,13 @@ def forward_flops(model, size=40):
 
 
 def run(mode="quick", training_rows=None):
-    from kerasseg.models import build_model
+    from benchmarks.bench_training import build
 
     peak = matmul_peak_gflops(1024 if mode == "tiny" else 2048, 2 if mode == "tiny" else 5)
     steps = {r["model"]: r for r in (training_rows or []) if "plain_rois_per_s" in r}
     rows, targets = [], []
     for arch in MODELS[mode]:
-        flops = forward_flops(build_model(arch, input_size=40))
+        flops = forward_flops(build(arch))  # the configs' CRF form, as in bench_training
         if arch in steps:
             rps = steps[arch]["plain_rois_per_s"]
         else:

@@ -1,6 +1,8 @@
 """Training throughput (ROIs/s, steady state after the first epoch), plain vs adversarial, batch 32, 40x40, CPU.
 
-Models: unet, resunet, crunet (resunet + CRF), multifcn_crf. The step is kerasseg.training's
+Models: unet, resunet, crunet (resunet + CRF), multifcn_crf; the CRF in the shipped configs' form
+(``crf: {mode: auto}``: low-rank at 40x40); full mode adds crunet with the exact dense CRF for reference.
+The step is kerasseg.training's
 SegmentationModel (adversarial = FGM, two forward/backward passes). Data: 58 ROIs x 4 flips per
 epoch (INbreast-sized) from an in-memory tf.data pipeline with cache + prefetch.
 """
@@ -14,7 +16,19 @@ import numpy as np
 from benchmarks.common import disc_rois, print_targets, target
 
 MODELS = {"tiny": ("unet",), "quick": ("unet", "resunet", "crunet", "multifcn_crf"),
-          "full": ("unet", "resunet", "crunet", "multifcn_crf")}
+          "full": ("unet", "resunet", "crunet", "multifcn_crf", "crunet (exact CRF)")}
+#: the CRF form of the shipped configs (configs/_crunet.yaml, zhu-*-crf.yaml)
+CONFIG_CRF = {"mode": "auto"}
+
+
+def build(label, size=40):
+    """The network of a benchmark row: ``"<arch>"`` with the configs' CRF, or ``"<arch> (exact CRF)"``."""
+    from kerasseg.models import build_model
+
+    arch = label.split(" ")[0]
+    if arch not in ("crunet", "crunet_nor", "fcn_crf", "multifcn_crf"):
+        return build_model(arch, input_size=size)
+    return build_model(arch, input_size=size, crf={"mode": "exact"} if "exact" in label else CONFIG_CRF)
 EPOCHS = {"tiny": 2, "quick": 3, "full": 5}
 N_ROIS = {"tiny": 8, "quick": 58, "full": 58}
 
@@ -57,13 +71,12 @@ def throughput(arch, adversarial, mode="quick", batch=32, jit_compile=False):
     """(ROIs/s, s/step) in steady state (epochs after the first)."""
     import keras
 
-    from kerasseg.models import build_model
     from kerasseg.training.adversarial import SegmentationModel
 
     keras.utils.set_random_seed(0)
     images, masks = data(N_ROIS[mode])
     ds, n = dataset(images, masks, batch)
-    net = build_model(arch, input_size=40)
+    net = build(arch)
     lam = 0.67 if "crf" in net.output else 0.0
     model = SegmentationModel(net, lam=lam, adversarial=adversarial, epsilon=0.1)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)

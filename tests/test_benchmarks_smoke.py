@@ -41,7 +41,7 @@ def test_densecrf_matches_our_exact_crf():
         pytest.skip(bench_densecrf.densecrf_available())
     res = bench_densecrf.run("tiny")
     row = res["rows"][0]
-    assert row["label_agreement_exact"] >= 0.97
+    assert row["label_agreement_exact"] >= 0.97 and row["label_agreement_lowrank"] >= 0.97
     assert row["densecrf_ms_per_image"] > 0
 
 
@@ -55,11 +55,11 @@ def test_run_all_tiny(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "### Targets (issue 7)" in md and "adversarial/plain" in md
     rows = res["benchmarks"]["crf"]["rows"]
-    crf_rows = [r for r in rows if r["mode"] in ("exact", "scalable")]
+    crf_rows = [r for r in rows if r["mode"] in ("exact", "lowrank", "scalable")]
     overhead_rows = [r for r in rows if r["mode"].startswith("crunet forward")]
-    assert {r["mode"] for r in crf_rows} == {"exact", "scalable"}
+    assert {r["mode"] for r in crf_rows} == {"exact", "lowrank", "scalable"}
     assert all(np.isfinite(r["fwd_ms_per_image_it2"]) for r in crf_rows)
-    assert len(overhead_rows) == 2 and all(np.isfinite(r["crf_overhead_pct"]) for r in overhead_rows)
+    assert len(overhead_rows) == 3 and all(np.isfinite(r["crf_overhead_pct"]) for r in overhead_rows)
     flops = res["benchmarks"]["flops"]["rows"][0]
     assert flops["fwd_mflops_per_roi"] > 1 and flops["matmul_peak_gflops"] > 0
 
