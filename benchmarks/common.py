@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from kerasseg import onednn_enabled
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -38,6 +40,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "numpy": np.__version__,
+        "onednn": onednn_enabled(),
     }
 
 

@@ -60,7 +60,7 @@ def run_all(mode="full", out="benchmarks/results", only=None) -> dict:
 def to_markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} CPU cores, {m['gpus']} GPU; TensorFlow {m['tensorflow']}, "
-             f"Python {m['python']}; 1-min load average at start {m['load_avg_1min_at_start']}. "
+             f"Python {m['python']}, oneDNN {m.get('onednn')}; 1-min load average at start {m['load_avg_1min_at_start']}. "
              f"Mode: {results['mode']}, {results['started']}.\n"]
     targets = []
     for name in [n for n in NAMES if n in results["benchmarks"]]:

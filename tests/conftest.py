@@ -13,6 +13,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import kerasseg  # noqa: E402,F401  (before TensorFlow loads: tests run the kernels users get)
+
 
 def _configure_tf():
     import tensorflow as tf

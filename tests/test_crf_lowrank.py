@@ -169,7 +169,10 @@ def test_multiclass_general_path_matches_exact(rng):
     outs = []
     for mode in ("exact", "lowrank"):
         outs.append(CRFRNN(mode=mode, kernels=("spatial", "bilateral", "intensity"))([unary, img]).numpy())
-    assert np.abs(outs[0] - outs[1]).max() < 2e-3
+    # kernels within 2.5e-3 (intensity) and 1e-3 (spatial eigen-truncation) of the exact ones; ten
+    # iterations with three kernels and confident unaries keep the marginals within 5e-3
+    assert np.abs(outs[0] - outs[1]).max() < 5e-3
+    assert (outs[0].argmax(-1) == outs[1].argmax(-1)).mean() >= 0.995
 
 
 def test_multichannel_image(rng):
@@ -200,23 +203,30 @@ def test_float64_layer(rng):
 
 
 def test_keras_roundtrip_jit_and_savedmodel(rng, tmp_path):
+    """The layer reloads from .keras, compiles with XLA and exports (SavedModel), same outputs.
+
+    The unaries are model inputs: with a random conv head the mean field starts near its unstable
+    symmetric point, where last-bit differences between conv kernels (oneDNN vs XLA) grow.
+    """
     img, unary = _images(rng, b=3)
+    u_in = keras.Input((40, 40, 2), name="unary")
     x = keras.Input((40, 40, 1), name="image")
-    logits = keras.layers.Conv2D(2, 3, padding="same", name="head")(x)
-    probs = CRFRNN(mode="lowrank", name="crf")([logits, x])
-    model = keras.Model(x, probs)
-    want = model.predict(img, verbose=0)
+    probs = CRFRNN(mode="lowrank", name="crf")([u_in, x])
+    model = keras.Model([u_in, x], probs)
+    want = model.predict([unary, img], verbose=0)
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
     assert again.get_layer("crf").mode == "lowrank"
-    np.testing.assert_allclose(again.predict(img, verbose=0), want, atol=1e-6)
-    jitted = tf.function(lambda t: model(t, training=False), jit_compile=True)
-    np.testing.assert_allclose(jitted(tf.constant(img)).numpy(), want, atol=1e-4)
+    np.testing.assert_allclose(again.predict([unary, img], verbose=0), want, atol=1e-6)
+    jitted = tf.function(lambda u, t: model([u, t], training=False), jit_compile=True)
+    np.testing.assert_allclose(jitted(tf.constant(unary), tf.constant(img)).numpy(), want, atol=1e-5)
     model.export(str(tmp_path / "sm"), verbose=False)
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
-    np.testing.assert_allclose(loaded.serve(tf.constant(img)).numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(loaded.serve([tf.constant(unary), tf.constant(img)]).numpy(), want, atol=1e-5)
     # core TF ops only (TF Serving): no custom op library is referenced by the graph
-    ops = {n.op for f in loaded.serve.get_concrete_function(tf.TensorSpec([None, 40, 40, 1])).graph.as_graph_def().library.function for n in f.node_def}
+    spec = [tf.TensorSpec([None, 40, 40, 2]), tf.TensorSpec([None, 40, 40, 1])]
+    graph = loaded.serve.get_concrete_function(spec).graph.as_graph_def()
+    ops = {n.op for f in graph.library.function for n in f.node_def} | {n.op for n in graph.node}
     assert "Cholesky" in ops or "MatMul" in ops
     registered = set(tf.raw_ops.__dict__)
     assert all(op in registered for op in ops if not op.startswith("__"))

@@ -92,10 +92,10 @@ def _versions() -> dict:
     import keras
     import tensorflow as tf
 
-    from kerasseg import __version__
+    from kerasseg import __version__, onednn_enabled
 
     return {"kerasseg": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+            "numpy": np.__version__, "python": platform.python_version(), "onednn": onednn_enabled()}
 
 
 def _dice(net, images, masks, batch_size=64) -> float:
