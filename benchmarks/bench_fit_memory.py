@@ -1,18 +1,19 @@
 """Peak resident memory of ``kerasseg fit`` on an INbreast-sized set (58 train ROIs x 4 flips).
 
 The built-in phantom has the INbreast split sizes (58 train / 12 val / 58 test, 40x40). ``kerasseg fit``
-runs in a child process; its peak RSS comes from ``os.wait4`` (ru_maxrss of that child alone).
+runs in a child process started by a tiny wrapper (``common.child_peak_rss_mb``); its peak RSS is
+``ru_maxrss`` of that child from ``os.wait4``, which starts from the wrapper's ~10 MB rather than from
+this runner's size.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import print_targets, target
+from benchmarks.common import child_peak_rss_mb, print_targets, target
 
 CONFIGS = {"tiny": ("crunet-l067",), "quick": ("crunet-l067", "zhu-adv-multifcn-crf"),
            "full": ("crunet-l067", "zhu-adv-multifcn-crf")}
@@ -25,12 +26,7 @@ def fit_peak_rss_mb(config, epochs):
         cmd = ([exe] if exe else [sys.executable, "-m", "kerasseg"]) + [
             "fit", config, "--out", f"{tmp}/run", "--epochs", str(epochs)]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        err = proc.stderr.read().decode(errors="replace").strip().splitlines()[-2:]
-        proc.stderr.close()
-        code = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024.0, code, " | ".join(err)
+        return child_peak_rss_mb(cmd, env=env)
 
 
 def run(mode="quick"):

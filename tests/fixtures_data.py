@@ -160,3 +160,21 @@ def write_cbis(root, rows, csv_name="mass_case_description_train_set.csv"):
         writer.writeheader()
         writer.writerows(out)
     return csv_path
+
+
+def disc_crf_problem(rng, b=2, h=40, w=40):
+    """Normalised disc-mass ROIs (B, H, W, 1) and noisy two-class unaries (B, H, W, 2), float32.
+
+    The images are normalised over the batch (range ~6 standard deviations, like normalised ROIs).
+    """
+    yy, xx = np.mgrid[:h, :w]
+    imgs, unary = [], []
+    for _ in range(b):
+        cy, cx, r = rng.uniform(h * 0.35, h * 0.65), rng.uniform(w * 0.35, w * 0.65), rng.uniform(6, 11)
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(float)
+        imgs.append(1.5 * m + 0.4 * rng.standard_normal((h, w)))
+        logit = 2 * (m - 0.5) + 1.2 * rng.standard_normal((h, w))
+        unary.append(np.stack([-logit, logit], -1) / 2)
+    img = np.array(imgs)[..., None]
+    img = (img - img.mean()) / img.std()
+    return img.astype(np.float32), np.array(unary, np.float32)

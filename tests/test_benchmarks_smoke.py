@@ -72,3 +72,39 @@ def test_fit_memory_tiny():
     row = res["rows"][0]
     assert row["exit"] == 0, row.get("error")
     assert 100 < row["peak_rss_mb"] < 64000
+
+
+def test_child_peak_rss_is_the_childs_own():
+    """A big runner must not inflate a child's measured peak (ru_maxrss survives fork + exec)."""
+    import sys
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB resident in this process
+    small, code, _ = common.child_peak_rss_mb([sys.executable, "-c", "pass"])
+    big, code2, _ = common.child_peak_rss_mb(
+        [sys.executable, "-c", "import numpy as np; a = np.ones(300 * 2**20 // 8); print(a.sum())"])
+    assert code == 0 and code2 == 0
+    assert small < 100 < 300 < big < 300 + small + 100
+    assert ballast.sum() > 0
+    assert common.maxrss_mb() >= 400
+
+
+def test_flop_count_by_hand():
+    """Counted FLOPs: a transposed conv is charged per input position (TF's profiler charges it
+    per output position), and the CRF's mean field is counted in the form the layer runs."""
+    import keras
+
+    from benchmarks.bench_flops import conv_flops, crf_flops
+    from kerasseg.layers.crf import CRFRNN
+
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3, padding="valid")(x)  # 6x6x4 outputs, 3*3*3 taps each
+    z = keras.layers.Conv2D(5, 1)(y)  # 6x6x5, 4 taps
+    u = keras.layers.Conv2DTranspose(2, 6, strides=6)(keras.layers.GlobalAveragePooling2D(keepdims=True)(z))
+    model = keras.Model(x, u)
+    want = 2 * (6 * 6 * 4 * 27 + 6 * 6 * 5 * 4 + 1 * 1 * 6 * 6 * 5 * 2)
+    assert conv_flops(model) == want
+    exact = crf_flops(CRFRNN(mode="exact"), 40, 40, 5)
+    assert exact == 2 * 1600 * 1600 * 2 * 2 * 5
+    low = crf_flops(CRFRNN(mode="lowrank"), 40, 40, 5)
+    assert 0 < low < exact / 10
+    assert crf_flops(CRFRNN(mode="scalable"), 40, 40, 5) is None

@@ -6,24 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from fixtures_data import disc_crf_problem as _images
 from kerasseg.errors import KerassegError
 from kerasseg.layers import crf_lowrank as lr
 from kerasseg.layers.crf import CRFRNN
-
-
-def _images(rng, b=2, h=40, w=40):
-    """Normalised disc-mass ROIs with noisy unaries (range ~6 std, like real normalised ROIs)."""
-    yy, xx = np.mgrid[:h, :w]
-    imgs, unary = [], []
-    for _ in range(b):
-        cy, cx, r = rng.uniform(h * 0.35, h * 0.65), rng.uniform(w * 0.35, w * 0.65), rng.uniform(6, 11)
-        m = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(float)
-        imgs.append(1.5 * m + 0.4 * rng.standard_normal((h, w)))
-        logit = 2 * (m - 0.5) + 1.2 * rng.standard_normal((h, w))
-        unary.append(np.stack([-logit, logit], -1) / 2)
-    img = np.array(imgs)[..., None]
-    img = (img - img.mean()) / img.std()
-    return img.astype(np.float32), np.array(unary, np.float32)
 
 
 def _dense_kernel(img, kind, h, w, th):

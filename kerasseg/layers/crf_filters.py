@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasseg.errors import KerassegError
+from kerasseg.layers.crf_common import static_bandwidth
 
 __all__ = [
     "spatial_message",
@@ -419,13 +420,7 @@ OPTIONS = {
 
 
 def _static_bandwidth(name, value):
-    static = tf.get_static_value(value)
-    if static is None:
-        raise KerassegError(
-            f"CRFRNN: the scalable CRF needs fixed bandwidths (its grid sizes depend on them), "
-            f"but {name} is trainable; use trainable_bandwidths=False with mode='scalable'"
-        )
-    return float(np.asarray(static))
+    return static_bandwidth(name, value, "scalable")
 
 
 def prepare(image, *, kernels, bandwidths):

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasseg.errors import KerassegError
+from kerasseg.layers.crf_common import static_bandwidth
 
 __all__ = [
     "axis_factor",
@@ -72,16 +73,19 @@ def _axis_factor_cached(n: int, theta: float, rtol: float):
     return u.astype(np.float32), False
 
 
-def axis_factor(n: int, theta: float, rtol: float = OPTIONS["spatial_rtol"]):
-    """``(F, full)``: the 1-D Gaussian (n, n) matrix ``G`` (``full=True``) or ``U`` (n, r), ``G ~= U U^T``."""
+def axis_factor(n: int, theta: float, rtol: float | None = None):
+    """``(F, full)``: the 1-D Gaussian (n, n) matrix ``G`` (``full=True``) or ``U`` (n, r), ``G ~= U U^T``.
+
+    ``rtol`` (default ``OPTIONS["spatial_rtol"]``): eigenvalues kept above ``rtol`` times the largest.
+    """
     theta = float(theta)
     if not math.isfinite(theta) or theta <= 0:
         raise KerassegError(f"CRF spatial bandwidth must be a positive number, got {theta!r}")
-    f, full = _axis_factor_cached(int(n), theta, float(rtol))
-    return f, full
+    rtol = float(OPTIONS["spatial_rtol"] if rtol is None else rtol)
+    return _axis_factor_cached(int(n), theta, rtol)
 
 
-def spatial_rank(n: int, theta: float, rtol: float = OPTIONS["spatial_rtol"]) -> int:
+def spatial_rank(n: int, theta: float, rtol: float | None = None) -> int:
     """Columns of the factor used along an axis of ``n`` pixels (``n`` when the full matrix is used)."""
     f, _ = axis_factor(n, theta, rtol)
     return int(f.shape[1])
@@ -140,9 +144,9 @@ def _apply_axis(x, f):
 class _Spatial:
     """Separable Gaussian filter of (..., H, W) maps, compress -> [mix] -> expand, with its diagonal."""
 
-    def __init__(self, h, w, theta, rtol, dtype):
-        fy, self.full_y = axis_factor(h, theta, rtol)
-        fx, self.full_x = axis_factor(w, theta, rtol)
+    def __init__(self, h, w, theta, dtype):
+        fy, self.full_y = axis_factor(h, theta)
+        fx, self.full_x = axis_factor(w, theta)
         self.fy, self.fx = tf.constant(fy, dtype), tf.constant(fx, dtype)
         self.fy_t, self.fx_t = tf.constant(fy.T, dtype), tf.constant(fx.T, dtype)
         dy = np.ones(h) if self.full_y else (fy.astype(np.float64) ** 2).sum(1)
@@ -200,13 +204,7 @@ class _Plan:
 
 
 def _static(name, value):
-    static = tf.get_static_value(value)
-    if static is None:
-        raise KerassegError(
-            f"CRFRNN: mode='lowrank' needs fixed bandwidths (its factors are computed once), "
-            f"but {name} is trainable; use trainable_bandwidths=False or mode='exact'"
-        )
-    return float(np.asarray(static))
+    return static_bandwidth(name, value, "lowrank")
 
 
 def prepare(image, *, kernels, bandwidths):
@@ -221,14 +219,15 @@ def prepare(image, *, kernels, bandwidths):
     ):
         raise KerassegError(f"CRFRNN lowrank mode needs a one-channel image (B, H, W, 1), got {image.shape}")
     h, w = int(image.shape[1]), int(image.shape[2])
-    rtol, dtype = OPTIONS["spatial_rtol"], image.dtype
+    dtype = image.dtype
     plans = []
     for k in kernels:
         if k == "spatial":
-            plans.append(_Plan("spatial", spatial=_Spatial(h, w, _static("theta_spatial", bandwidths["spatial"]), rtol, dtype)))
+            sp = _Spatial(h, w, _static("theta_spatial", bandwidths["spatial"]), dtype)
+            plans.append(_Plan("spatial", spatial=sp))
         elif k == "bilateral":
             phi, mix = range_features(image, _static("theta_beta", bandwidths["beta"]))
-            sp = _Spatial(h, w, _static("theta_alpha", bandwidths["alpha"]), rtol, dtype)
+            sp = _Spatial(h, w, _static("theta_alpha", bandwidths["alpha"]), dtype)
             plans.append(_Plan("bilateral", spatial=sp, phi=phi, mix=mix))
         elif k == "intensity":
             phi, mix = range_features(image, _static("theta_intensity", bandwidths["intensity"]))
