@@ -20,7 +20,7 @@ GPU runs fastest on the papers' 40x40 ROIs, and stays ahead of the grid form up 
   ``1.0 theta`` (15 theta); an image with a still wider range gets a proportionally wider
   bandwidth (a smoother kernel rather than a wrong one).
 
-So the bilateral message is ``phi_i^T M [Uy (Uy^T (phi q) Ux) Ux^T]_i``, the all-pairs intensity
+So the bilateral message is ``(M phi_i)^T [Uy (Uy^T (phi q) Ux) Ux^T]_i``, the all-pairs intensity
 message (Zhu eq. 4) ``phi_i^T M sum_j phi_j q_j``, and the spatial message the separable filter.
 Each message subtracts the approximated kernel's own diagonal, so ``i == j`` is excluded from the
 sum that is actually computed. Every operation is differentiable (the gradient reaches the image
@@ -171,36 +171,43 @@ class _Spatial:
 
 
 class _Plan:
-    """One kernel's filter for label maps (B, C', H, W); ``self_w`` (B or 1, H, W) its diagonal."""
+    """One kernel's filter of label maps; ``self_w`` (B or 1, H, W) the kernel's own diagonal.
+
+    Every product works on 4-D tensors of one map per image ((B, K, H, W) at most): several label
+    channels are filtered one after the other, never broadcast into a 5-D tensor, whose gradient
+    (the image gradient of the adversarial step) reduces over broadcast axes slowly on CPU.
+    """
 
     def __init__(self, kind, spatial=None, phi=None, mix=None):
-        self.kind, self.spatial, self.phi, self.mix = kind, spatial, phi, mix
+        self.kind, self.spatial, self.phi = kind, spatial, phi
         if kind == "spatial":
             self.self_w = spatial.diag[None]
             return
         shape = tf.shape(phi)
         self.phi_flat = tf.reshape(phi, [shape[0], shape[1], -1])  # (B, K, P)
         self.psi_flat = tf.matmul(mix, self.phi_flat)  # M phi: (B, K, P)
+        self.psi = tf.reshape(self.psi_flat, shape)  # (B, K, H, W)
         # the approximated kernel's diagonal phi_i^T M phi_i, times the spatial one (bilateral)
-        diag = tf.reshape(tf.reduce_sum(self.phi_flat * self.psi_flat, axis=1), tf.shape(phi[:, 0]))  # (B, H, W)
+        diag = tf.reduce_sum(phi * self.psi, axis=1)  # (B, H, W)
         self.self_w = diag * spatial.diag[None] if kind == "bilateral" else diag
+
+    def map(self, x):
+        """x: (B, H, W) -> its messages (B, H, W), self term excluded."""
+        if self.kind == "spatial":
+            full = self.spatial.expand(self.spatial.compress(x))
+        elif self.kind == "bilateral":  # psi_i^T [Uy (Uy^T (phi x) Ux) Ux^T]_i
+            e = self.spatial.expand(self.spatial.compress(self.phi * x[:, None]))  # (B, K, H, W)
+            full = tf.reduce_sum(self.psi * e, axis=1)
+        else:  # intensity, all pixel pairs: psi_i^T sum_j phi_j x_j as two batched products
+            shape = tf.shape(x)
+            xf = tf.reshape(x, [shape[0], 1, -1])  # (B, 1, P)
+            sums = tf.matmul(xf, self.phi_flat, transpose_b=True)  # (B, 1, K)
+            full = tf.reshape(tf.matmul(sums, self.psi_flat), shape)
+        return full - self.self_w * x
 
     def __call__(self, x):
         """x: (B, C', H, W) -> messages of the same shape (self term excluded)."""
-        if self.kind == "spatial":
-            full = self.spatial.expand(self.spatial.compress(x))
-        elif self.kind == "bilateral":
-            v = self.phi[:, :, None] * x[:, None]  # (B, K, C', H, W)
-            g = self.spatial.compress(v)  # (B, K, C', rx, ry)
-            s = tf.shape(g)
-            g = tf.reshape(tf.matmul(self.mix, tf.reshape(g, [s[0], s[1], -1])), s)
-            full = tf.reduce_sum(self.phi[:, :, None] * self.spatial.expand(g), axis=1)
-        else:  # intensity, all pixel pairs: phi_i^T M sum_j phi_j x_j as two batched products
-            shape = tf.shape(x)
-            xf = tf.reshape(x, [shape[0], shape[1], -1])  # (B, C', P)
-            sums = tf.matmul(xf, self.phi_flat, transpose_b=True)  # (B, C', K)
-            full = tf.reshape(tf.matmul(sums, self.psi_flat), shape)
-        return full - self.self_w[:, None] * x
+        return tf.stack([self.map(x[:, c]) for c in range(x.shape[1])], axis=1)
 
 
 def _static(name, value):
@@ -234,8 +241,8 @@ def prepare(image, *, kernels, bandwidths):
             plans.append(_Plan("intensity", phi=phi, mix=mix))
         else:
             raise KerassegError(f"unknown CRF kernel {k!r}")
-    ones = tf.ones_like(image[..., 0])[:, None]  # (B, 1, H, W)
-    return tuple((plan, plan(ones)[:, 0]) for plan in plans)
+    ones = tf.ones_like(image[..., 0])  # (B, H, W)
+    return tuple((plan, plan.map(ones)) for plan in plans)
 
 
 def messages(q, state):
@@ -259,7 +266,7 @@ def messages(q, state):
 
 def map_messages(x, state):
     """Per-kernel messages of one map ``x`` (B, H, W), self term excluded (two-class fast path)."""
-    return [plan(x[:, None])[:, 0] for plan, _ in state]
+    return [plan.map(x) for plan, _ in state]
 
 
 def ones_messages(state):
