@@ -1,10 +1,10 @@
-"""Training throughput (ROIs/s, median epoch after the first), plain vs adversarial, batch 32, 40x40, CPU.
+"""Training throughput (ROIs/s, median step after a warm-up epoch), plain vs adversarial, batch 32, 40x40, CPU.
 
 Models: unet, resunet, crunet (resunet + CRF), multifcn_crf; the CRF in the shipped configs' form
 (``crf: {mode: auto}``: low-rank at 40x40); full mode adds crunet with the exact dense CRF for reference.
 The step is kerasseg.training's
-SegmentationModel (adversarial = FGM, two forward/backward passes). Data: 58 ROIs x 4 flips per
-epoch (INbreast-sized) from an in-memory tf.data pipeline with cache + prefetch.
+SegmentationModel (adversarial = FGM, two forward/backward passes) through ``train_on_batch``.
+Data: 58 ROIs x 4 flips per epoch (INbreast-sized), in memory, full batches.
 """
 
 from __future__ import annotations
@@ -33,68 +33,77 @@ EPOCHS = {"tiny": 2, "quick": 5, "full": 8}
 N_ROIS = {"tiny": 8, "quick": 58, "full": 58}
 
 
-class _EpochTimer:
-    def __init__(self):
-        import keras
-
-        class CB(keras.callbacks.Callback):
-            def __init__(cb):
-                super().__init__()
-                cb.times = []
-
-            def on_epoch_begin(cb, epoch, logs=None):
-                cb.t = time.perf_counter()
-
-            def on_epoch_end(cb, epoch, logs=None):
-                cb.times.append(time.perf_counter() - cb.t)
-
-        self.cb = CB()
-
-
 def data(n, size=40, seed=0):
     rng = np.random.default_rng(seed)
     masks, imgs = zip(*disc_rois(rng, n, size))
     return np.array(imgs, np.float32), np.array(masks, np.uint8)
 
 
-def dataset(images, masks, batch):
-    import tensorflow as tf
-
+def flipped(images, masks):
+    """The 4x flip augmentation of both papers: (x (4N, H, W, 1) float32, y one-hot (4N, H, W, 2))."""
     x = np.concatenate([images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]])[..., None]
     m = np.concatenate([masks, masks[:, :, ::-1], masks[:, ::-1], masks[:, ::-1, ::-1]])
-    y = np.stack([1 - m, m], -1).astype(np.float32)
-    return (tf.data.Dataset.from_tensor_slices((x, y)).cache().shuffle(len(x), seed=0)
-            .batch(batch).prefetch(tf.data.AUTOTUNE)), len(x)
+    return x.astype(np.float32), np.stack([1 - m, m], -1).astype(np.float32)
 
 
-def throughput(arch, adversarial, mode="quick", batch=32, jit_compile=False):
-    """(ROIs/s, s/step) in steady state (epochs after the first)."""
+def _training_model(arch, adversarial, jit_compile=False):
     import keras
 
     from kerasseg.training.adversarial import SegmentationModel
 
-    keras.utils.set_random_seed(0)
-    images, masks = data(N_ROIS[mode])
-    ds, n = dataset(images, masks, batch)
     net = build(arch)
     lam = 0.67 if "crf" in net.output else 0.0
     model = SegmentationModel(net, lam=lam, adversarial=adversarial, epsilon=0.1)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
-    timer = _EpochTimer()
-    model.fit(ds, epochs=EPOCHS[mode], verbose=0, callbacks=[timer.cb])
-    # median of the epochs after the first (which traces and compiles): a shared VM's CPU time
-    # varies by +-20 % from epoch to epoch, and one slow epoch should not move a ratio
-    per_epoch = float(np.median(timer.cb.times[1:]))
-    steps = -(-n // batch)
-    return n / per_epoch, per_epoch / steps
+    return model
+
+
+def throughput_runs(arch, variants, mode="quick", batch=32):
+    """{variant: (ROIs/s, s/step)} for (adversarial, jit_compile) ``variants`` of one model.
+
+    Each variant first runs one epoch (58 ROIs x 4 flips in full batches of ``batch``), which traces
+    the step and warms the kernels; then ``EPOCHS[mode] - 1`` more epochs are timed step by step
+    with ``train_on_batch`` (the same compiled train step as ``fit``), the variants interleaved
+    step by step so that the CPU time a shared VM gives (it drifts by +-20 % within a minute)
+    affects them alike. Each variant's step time is the median of its timed steps.
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    images, masks = data(N_ROIS[mode])
+    x, y = flipped(images, masks)
+    order = np.random.default_rng(0).permutation(len(x))
+    batches = [(x[order[i:i + batch]], y[order[i:i + batch]]) for i in range(0, len(x) - batch + 1, batch)]
+    models = {v: _training_model(arch, *v) for v in variants}
+    for model in models.values():  # warm-up epoch: traces the step
+        for xb, yb in batches:
+            model.train_on_batch(xb, yb)
+    times = {v: [] for v in variants}
+    for _ in range(EPOCHS[mode] - 1):
+        for xb, yb in batches:
+            for v, model in models.items():
+                t = time.perf_counter()
+                model.train_on_batch(xb, yb)  # returns host floats: the step has finished
+                times[v].append(time.perf_counter() - t)
+    out = {}
+    for v, ts in times.items():
+        step = float(np.median(ts))
+        out[v] = (batch / step, step)
+    return out
+
+
+def throughput(arch, adversarial, mode="quick", batch=32, jit_compile=False):
+    """(ROIs/s, s/step) in steady state (median epoch after the first) of one variant."""
+    return throughput_runs(arch, [(adversarial, jit_compile)], mode, batch)[(adversarial, jit_compile)]
 
 
 def run(mode="quick"):
     rows, targets = [], []
     for arch in MODELS[mode]:
         row = {"model": arch}
+        runs = throughput_runs(arch, [(False, False), (True, False)], mode)
         for adv in (False, True):
-            rps, sps = throughput(arch, adv, mode)
+            rps, sps = runs[(adv, False)]
             key = "adversarial" if adv else "plain"
             row[f"{key}_rois_per_s"] = rps
             row[f"{key}_ms_per_step"] = 1000 * sps

@@ -48,6 +48,11 @@ def _head(logits, *, size: int, prior, name: str = ""):
     return PositionPrior(prior, name=f"{name}prior")(logits)
 
 
+#: CRF options of the composite names when ``crf`` is not given: the shipped configs' form
+#: (low-rank mean field at 40x40, grid form above 256x256; ``crf={"mode": "exact"}`` for the dense one).
+COMPOSITE_CRF = {"mode": "auto"}
+
+
 def build_model(arch: str, *, input_size: int = 40, crf: dict | None = None,
                 prior: np.ndarray | None = None, **arch_kwargs) -> keras.Model:
     """Build a segmentation model by name.
@@ -55,7 +60,7 @@ def build_model(arch: str, *, input_size: int = 40, crf: dict | None = None,
     Args:
         arch: ``unet``, ``resunet``, ``fcn``, ``multifcn`` or a composite name
             (``crunet``, ``crunet_nor``, ``fcn_crf``, ``multifcn_crf``: same as the base
-            network with ``crf={}`` when no ``crf`` is given).
+            network with ``crf=COMPOSITE_CRF``, i.e. ``{"mode": "auto"}``, when no ``crf`` is given).
         input_size: ROI side H (= W).
         crf: ``None`` (no CRF) or keyword arguments for ``CRFRNN``.
         prior: (H, W) mass-frequency map (:func:`kerasseg.layers.prior_from_masks`);
@@ -74,7 +79,7 @@ def build_model(arch: str, *, input_size: int = 40, crf: dict | None = None,
     if arch in ALIASES:
         arch = ALIASES[arch]
         if crf is None:
-            crf = {}
+            crf = dict(COMPOSITE_CRF)
     size = _check_size(input_size)
     known = ARCH_OPTIONS[arch]
     unknown = sorted(set(arch_kwargs) - set(known))
