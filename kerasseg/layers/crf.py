@@ -329,18 +329,19 @@ class CRFRNN(keras.layers.Layer):
             total = d if total is None else total + d
         return total
 
+    def _backend_module(self, backend):
+        """The message module of a non-exact form: ``crf_lowrank`` or ``crf_filters``."""
+        return crf_lowrank if backend == "lowrank" else self._filters
+
     def _prepare(self, image):
-        """Per-call state for :meth:`_messages`: the dense kernel matrices (exact mode)."""
+        """Per-call state for :meth:`_messages`: ``(form, state)``; the dense kernel matrices (exact)."""
         h, w, f = image.shape[1], image.shape[2], image.shape[3]
         dtype = image.dtype
         backend = self._backend_for(h * w, f)
-        if backend == "scalable":
-            bw = self._bandwidths(dtype)
-            return ("scalable", self._filters.prepare(image, kernels=self.kernels, bandwidths=bw))
-        if backend == "lowrank":
-            bw = self._bandwidths(dtype)
-            return ("lowrank", crf_lowrank.prepare(image, kernels=self.kernels, bandwidths=bw))
         bw = self._bandwidths(dtype)
+        if backend != "exact":
+            module = self._backend_module(backend)
+            return (backend, module.prepare(image, kernels=self.kernels, bandwidths=bw))
         p = h * w
         feats = tf.reshape(image, [-1, p, f])
         pos_d = None
@@ -370,10 +371,8 @@ class CRFRNN(keras.layers.Layer):
         if prepared is None:
             prepared = self._prepare(image)
         backend, state = prepared
-        if backend == "scalable":
-            return list(self._filters.messages(q, state))
-        if backend == "lowrank":
-            return list(crf_lowrank.messages(q, state))
+        if backend != "exact":
+            return list(self._backend_module(backend).messages(q, state))
         shape = tf.shape(q)
         p, c = q.shape[1] * q.shape[2], q.shape[3]
         qf = tf.reshape(q, [-1, p, c])
@@ -388,7 +387,7 @@ class CRFRNN(keras.layers.Layer):
         compat = tf.cast(self.compatibility, unary.dtype)
         if prepared[0] == "exact":
             return _dense_mean_field(unary, weights, compat, prepared[1], iterations)
-        module = crf_lowrank if prepared[0] == "lowrank" else self._filters
+        module = self._backend_module(prepared[0])
         if unary.shape[-1] == 2 and hasattr(module, "map_messages"):
             return _binary_mean_field(unary, weights, compat, module, prepared[1], iterations)
         q = tf.nn.softmax(unary, axis=-1)
@@ -454,14 +453,14 @@ def _binary_mean_field(unary, weights, compat, module, state, iterations):
     """
     z = unary[..., 1] - unary[..., 0]
     if iterations:
+        w = tf.unstack(weights)
         ones = module.ones_messages(state)
-        a = (compat[1, 0] - compat[0, 0]) * tf.add_n([w * o for w, o in zip(tf.unstack(weights), ones)])
+        a = (compat[1, 0] - compat[0, 0]) * tf.add_n([wk * o for wk, o in zip(w, ones)])
         b = (compat[1, 1] - compat[0, 1]) - (compat[1, 0] - compat[0, 0])
         base = z - a
-        w_list = tf.unstack(weights)
         for _ in range(iterations):
             msgs = module.map_messages(tf.sigmoid(z), state)
-            z = base - b * tf.add_n([w * m for w, m in zip(w_list, msgs)])
+            z = base - b * tf.add_n([wk * m for wk, m in zip(w, msgs)])
     return tf.stack([tf.sigmoid(-z), tf.sigmoid(z)], axis=-1)
 
 
