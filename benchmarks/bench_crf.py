@@ -1,7 +1,7 @@
 """CRF layer forward and forward+backward time vs ROI size and iterations, exact, lowrank and scalable, with peak memory.
 
 Each (mode, size) case runs in a fresh subprocess (``python -m benchmarks.bench_crf --case MODE SIZE ...``)
-so its peak RSS (ru_maxrss) minus the RSS before the CRF work is the CRF's own peak memory.
+so its peak RSS (VmHWM, fresh at exec) minus the RSS before the CRF work is the CRF's own peak memory.
 """
 
 from __future__ import annotations

@@ -13,11 +13,10 @@ import numpy as np
 
 from benchmarks.common import print_targets, target
 
-# (label, arch, crf kwargs or None for none). The CRF rows use the shipped configs' form (mode auto:
-# low-rank at 40x40); the exact dense CRF is a reference row without a target.
-_CFG = {"mode": "auto"}
-_ALL = (("crunet", "resunet", _CFG), ("multifcn_crf", "multifcn", _CFG), ("unet", "unet", None),
-        ("crunet (exact CRF, reference)", "resunet", {"mode": "exact"}))
+# (label, arch, crf kwargs or None for the arch's default). The composite names default to the shipped
+# configs' CRF form (mode auto: low-rank at 40x40); the exact dense CRF is a reference row without a target.
+_ALL = (("crunet", "crunet", None), ("multifcn_crf", "multifcn_crf", None), ("unet", "unet", None),
+        ("crunet (exact CRF, reference)", "crunet", {"mode": "exact"}))
 MODELS = {"tiny": (("unet", "unet", None),), "quick": _ALL, "full": _ALL}
 CALLS = {"tiny": 5, "quick": 100, "full": 300}
 BATCH_CALLS = {"tiny": 2, "quick": 10, "full": 30}

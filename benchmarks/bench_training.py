@@ -17,18 +17,13 @@ from benchmarks.common import disc_rois, print_targets, target
 
 MODELS = {"tiny": ("unet",), "quick": ("unet", "resunet", "crunet", "multifcn_crf"),
           "full": ("unet", "resunet", "crunet", "multifcn_crf", "crunet (exact CRF)")}
-#: the CRF form of the shipped configs (configs/_crunet.yaml, zhu-*-crf.yaml)
-CONFIG_CRF = {"mode": "auto"}
-
-
 def build(label, size=40):
-    """The network of a benchmark row: ``"<arch>"`` with the configs' CRF, or ``"<arch> (exact CRF)"``."""
+    """The network of a benchmark row: ``"<arch>"`` (composite names carry the configs' CRF form,
+    ``kerasseg.models.registry.COMPOSITE_CRF``) or ``"<arch> (exact CRF)"``."""
     from kerasseg.models import build_model
 
     arch = label.split(" ")[0]
-    if arch not in ("crunet", "crunet_nor", "fcn_crf", "multifcn_crf"):
-        return build_model(arch, input_size=size)
-    return build_model(arch, input_size=size, crf={"mode": "exact"} if "exact" in label else CONFIG_CRF)
+    return build_model(arch, input_size=size, crf={"mode": "exact"} if "exact CRF" in label else None)
 EPOCHS = {"tiny": 2, "quick": 5, "full": 8}
 N_ROIS = {"tiny": 8, "quick": 58, "full": 58}
 

@@ -216,3 +216,17 @@ def test_keras_roundtrip_jit_and_savedmodel(rng, tmp_path):
     assert "Cholesky" in ops or "MatMul" in ops
     registered = set(tf.raw_ops.__dict__)
     assert all(op in registered for op in ops if not op.startswith("__"))
+
+
+def test_configs_and_composites_run_the_fast_form():
+    """Every shipped CRF config, and the composite model names, use mode auto: low-rank at 40x40."""
+    from kerasseg.config import list_configs, resolve_config
+    from kerasseg.models import build_model
+
+    crf_configs = [name for name in list_configs() if resolve_config(name)["crf"] is not None]
+    assert len(crf_configs) == 8
+    assert all(resolve_config(name)["crf"]["mode"] == "auto" for name in crf_configs)
+    layer = build_model("crunet", input_size=40).get_layer("crf")
+    assert layer.mode == "auto" and layer._backend_for(40 * 40) == "lowrank"
+    assert layer._backend_for(512 * 512) == "scalable"
+    assert build_model("crunet", input_size=40, crf={"mode": "exact"}).get_layer("crf").mode == "exact"
