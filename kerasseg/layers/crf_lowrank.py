@@ -142,7 +142,7 @@ def _apply_axis(x, f):
 
 
 class _Spatial:
-    """Separable Gaussian filter of (..., H, W) maps, compress -> [mix] -> expand, with its diagonal."""
+    """Separable Gaussian filter of (..., H, W) maps (compress, then expand), with its diagonal."""
 
     def __init__(self, h, w, theta, dtype):
         fy, self.full_y = axis_factor(h, theta)
@@ -154,7 +154,7 @@ class _Spatial:
         self.diag = tf.constant(dy[:, None] * dx[None, :], dtype)  # (H, W)
 
     def compress(self, x):
-        """(..., H, W) -> (..., ry, rx) (or the full filter along an axis with full=True)."""
+        """(..., H, W) -> (..., rx, ry) (the full filter along an axis whose ``full`` is True)."""
         x = _apply_axis(x, self.fx)  # (..., H, rx)
         x = tf.linalg.matrix_transpose(x)  # (..., rx, H)
         x = _apply_axis(x, self.fy)  # (..., rx, ry)
@@ -171,11 +171,11 @@ class _Spatial:
 
 
 class _Plan:
-    """One kernel's filter of label maps; ``self_w`` (B or 1, H, W) the kernel's own diagonal.
+    """One kernel's filter of one label map per image; ``self_w`` (B or 1, H, W) its own diagonal.
 
-    Every product works on 4-D tensors of one map per image ((B, K, H, W) at most): several label
-    channels are filtered one after the other, never broadcast into a 5-D tensor, whose gradient
-    (the image gradient of the adversarial step) reduces over broadcast axes slowly on CPU.
+    Every product works on 4-D tensors ((B, K, H, W) at most): several label channels are filtered
+    one after the other, never broadcast into a 5-D tensor, whose gradient (the image gradient of
+    the adversarial step) reduces over broadcast axes slowly on CPU.
     """
 
     def __init__(self, kind, spatial=None, phi=None, mix=None):
@@ -204,10 +204,6 @@ class _Plan:
             sums = tf.matmul(xf, self.phi_flat, transpose_b=True)  # (B, 1, K)
             full = tf.reshape(tf.matmul(sums, self.psi_flat), shape)
         return full - self.self_w * x
-
-    def __call__(self, x):
-        """x: (B, C', H, W) -> messages of the same shape (self term excluded)."""
-        return tf.stack([self.map(x[:, c]) for c in range(x.shape[1])], axis=1)
 
 
 def _static(name, value):
@@ -254,13 +250,10 @@ def messages(q, state):
     """
     q = tf.convert_to_tensor(q)
     c = q.shape[-1]
-    head = tf.transpose(q[..., : c - 1], [0, 3, 1, 2])  # (B, C-1, H, W)
     out = []
     for plan, ones in state:
-        m_head = plan(tf.cast(head, plan.self_w.dtype))
-        last = ones - tf.reduce_sum(m_head, axis=1)
-        m = tf.concat([m_head, last[:, None]], axis=1)
-        out.append(tf.cast(tf.transpose(m, [0, 2, 3, 1]), q.dtype))
+        head = [plan.map(tf.cast(q[..., i], ones.dtype)) for i in range(c - 1)]
+        out.append(tf.cast(tf.stack(head + [ones - tf.add_n(head)], axis=-1), q.dtype))
     return out
 
 
