@@ -238,6 +238,20 @@ def _check_values(cfg: dict, path, prefix="") -> None:
             v = crf[key]
             _range(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                    f"{p}crf.{key} must be an integer >= 1, got {v!r}", path)
+    _check_crf_values(crf, path, p)
+
+
+def _check_crf_values(crf: dict, path, prefix="") -> None:
+    """Build the CRFRNN the options describe (no weights, no graph) so that a bad value (an unknown
+    mode, a negative bandwidth, ...) is reported against the config file before training starts."""
+    try:
+        from kerasseg.layers.crf import CRFRNN
+    except Exception:  # noqa: BLE001 - the layer may not exist yet; skip the check
+        return
+    try:
+        CRFRNN(**{k: v for k, v in crf.items() if k not in ("name", "num_classes")})
+    except KerassegError as exc:
+        raise KerassegError(f"{prefix}crf: {str(exc).removeprefix('CRFRNN: ')}", path) from None
 
 
 def _crf_valid_keys():

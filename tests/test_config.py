@@ -68,10 +68,15 @@ def test_unknown_key_suggests_closest(tmp_path):
     ("datasets: {ddsm: {train: {epsilon: -1}}}", r"datasets\.ddsm\.train\.epsilon must be >= 0"),
     ("model: [1, 2", r"not valid YAML"),
     ("train: {jit_compile: 1}", r"train\.jit_compile must be true or false"),
+    ("crf: {mode: fastest}", r"crf: mode='fastest' is unknown; use one of \['exact', 'auto', 'lowrank', 'scalable'\]"),
+    ("crf: {theta_beta: -1}", r"crf: theta_beta=-1 must be a positive number"),
+    ("crf: {kernels: [spatial, colour]}", r"crf: kernels=.*invalid"),
 ])
 def test_out_of_range_values(tmp_path, text, msg):
-    with pytest.raises(KerassegError, match=msg):
-        resolve_config(write(tmp_path, text + "\n"))
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(KerassegError, match=msg) as err:
+        resolve_config(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)  # one line naming the file
 
 
 def test_extends_and_dataset_override(tmp_path):
