@@ -17,6 +17,8 @@ from benchmarks.common import disc_rois, print_targets, target
 
 MODELS = {"tiny": ("unet",), "quick": ("unet", "resunet", "crunet", "multifcn_crf"),
           "full": ("unet", "resunet", "crunet", "multifcn_crf", "crunet (exact CRF)")}
+
+
 def build(label, size=40):
     """The network of a benchmark row: ``"<arch>"`` (composite names carry the configs' CRF form,
     ``kerasseg.models.registry.COMPOSITE_CRF``) or ``"<arch> (exact CRF)"``."""
@@ -24,6 +26,8 @@ def build(label, size=40):
 
     arch = label.split(" ")[0]
     return build_model(arch, input_size=size, crf={"mode": "exact"} if "exact CRF" in label else None)
+
+
 EPOCHS = {"tiny": 2, "quick": 5, "full": 8}
 N_ROIS = {"tiny": 8, "quick": 58, "full": 58}
 

@@ -244,12 +244,10 @@ def _check_values(cfg: dict, path, prefix="") -> None:
 def _check_crf_values(crf: dict, path, prefix="") -> None:
     """Build the CRFRNN the options describe (no weights, no graph) so that a bad value (an unknown
     mode, a negative bandwidth, ...) is reported against the config file before training starts."""
+    from kerasseg.models.composite import crf_layer
+
     try:
-        from kerasseg.layers.crf import CRFRNN
-    except Exception:  # noqa: BLE001 - the layer may not exist yet; skip the check
-        return
-    try:
-        CRFRNN(**{k: v for k, v in crf.items() if k not in ("name", "num_classes")})
+        crf_layer(crf)
     except KerassegError as exc:
         raise KerassegError(f"{prefix}crf: {str(exc).removeprefix('CRFRNN: ')}", path) from None
 

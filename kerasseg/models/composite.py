@@ -28,8 +28,12 @@ def crf_class():
     return CRFRNN
 
 
-def attach_crf(unary_logits, image, crf: dict):
-    """``CRFRNN(**crf)([unary_logits, image])`` named ``crf``; returns its probabilities."""
+def crf_layer(crf: dict, name: str = "crf"):
+    """The ``CRFRNN`` that the ``crf`` options of a config or ``build_model`` describe.
+
+    KerassegError for options that are not a mapping, ``num_classes`` other than 2, or a value
+    the layer refuses. Config validation calls this too, so a bad value is reported against the file.
+    """
     if not isinstance(crf, dict):
         raise KerassegError(f"crf options must be a mapping of CRFRNN arguments; got {crf!r}")
     CRFRNN = crf_class()
@@ -40,8 +44,12 @@ def attach_crf(unary_logits, image, crf: dict):
     if num_classes != 2:
         raise KerassegError(f"crf num_classes must be 2 (background, mass); got {num_classes!r}")
     try:
-        layer = CRFRNN(name="crf", **kwargs)
+        return CRFRNN(name=name, **kwargs)
     except (TypeError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise KerassegError(f"bad crf options {sorted(crf)}: {msg}") from None
-    return layer([unary_logits, image])
+
+
+def attach_crf(unary_logits, image, crf: dict):
+    """``CRFRNN(**crf)([unary_logits, image])`` named ``crf``; returns its probabilities."""
+    return crf_layer(crf)([unary_logits, image])
