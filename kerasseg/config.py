@@ -19,14 +19,17 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from kerasseg.errors import KerassegError
 
-#: Folder holding the shipped configs (one per table row of both papers).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: Folder holding the shipped configs (one per table row of both papers): the package
+#: ``kerasseg.configs`` (the repository's top-level ``configs/``, shipped in the wheel), found
+#: through importlib.resources so an editable install and a wheel install both see it.
+CONFIG_DIR = Path(os.fspath(resources.files("kerasseg.configs")))
 
 DATASETS = ("inbreast", "ddsm", "phantom")
 ARCHS = ("unet", "resunet", "fcn", "multifcn")
