@@ -14,16 +14,13 @@ An ``.npz`` dataset gives ``<stem>_predictions.npz`` (ids, prob, pred) and ``<st
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kerasseg.data.imageio import Image2D, read_image  # noqa: F401 - the one reader, shared with data prepare
 from kerasseg.fileio import atomic_path
 from kerasseg.errors import KerassegError
-
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 # --------------------------------------------------------------------------- the segmenter
@@ -77,66 +74,7 @@ class Segmenter:
 
 
 # --------------------------------------------------------------------------- reading inputs
-@dataclass
-class Image2D:
-    pixels: np.ndarray            # float32 (H, W)
-    spacing_mm: tuple | None      # (row, col) mm per pixel, if known
-
-
-def read_image(path) -> Image2D:
-    """Read a DICOM, PNG/TIFF/JPEG file as a float32 grey image; KerassegError if unreadable."""
-    path = Path(path)
-    if not path.exists():
-        raise KerassegError("no such file", path)
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return _read_raster(path)
-    if suffix in DICOM_SUFFIXES or suffix == "":
-        return _read_dicom(path)
-    raise KerassegError(f"unsupported input type {suffix!r} (DICOM, PNG, TIFF, JPEG or .npz)", path)
-
-
-def _read_raster(path: Path) -> Image2D:
-    import skimage.io
-
-    try:
-        arr = np.asarray(skimage.io.imread(str(path)))
-    except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
-        raise KerassegError(f"cannot read image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", path) from None
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        from skimage.color import rgb2gray
-
-        arr = rgb2gray(arr[..., :3])
-    if arr.ndim != 2:
-        raise KerassegError(f"expected a 2-D grey or RGB image, got shape {arr.shape}", path)
-    return Image2D(arr.astype(np.float32), None)
-
-
-def _read_dicom(path: Path) -> Image2D:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path))
-        arr = np.asarray(ds.pixel_array, dtype=np.float64)
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
-        raise KerassegError(f"cannot read DICOM: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", path) from None
-    if arr.ndim != 2:
-        raise KerassegError(f"expected a single-frame grey DICOM, got pixel array shape {arr.shape}", path)
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-    arr = arr * slope + intercept
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        arr = arr.max() - arr  # bright = dense, as in MONOCHROME2
-    spacing = None
-    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = getattr(ds, tag, None)
-        if value is not None and len(value) == 2:
-            try:
-                spacing = (float(value[0]), float(value[1]))
-                break
-            except (TypeError, ValueError):
-                pass
-    return Image2D(arr.astype(np.float32), spacing)
+# Images are read by kerasseg.data.imageio.read_image (imported above), the reader data prepare uses.
 
 
 def parse_roi(text: str) -> tuple[int, int, int, int]:

@@ -4,6 +4,7 @@ Every reader yields :class:`ImageRecord` objects (one full image with the masks 
 :func:`prepare` crops the ROIs (:mod:`kerasseg.data.roi`), assigns the splits
 (:mod:`kerasseg.data.splits`) and returns a :class:`~kerasseg.data.dataset.ROIDataset` plus a
 summary of what was read and skipped. ``kerasseg data prepare`` is a thin wrapper around it.
+Every reader reads its image files with :mod:`kerasseg.data.imageio` (the reader ``predict`` uses too).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from kerasseg.errors import KerassegError, KerassegWarning
 SOURCES = ("inbreast", "ddsm-bcrp", "cbis-ddsm", "folder", "phantom")
 DEFAULT_SPLIT = {"inbreast": "protocol", "ddsm-bcrp": "official", "cbis-ddsm": "official",
                  "folder": "random"}
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".dcm", ".dicom")
 
 
 @dataclass
@@ -68,87 +68,7 @@ class Summary:
         return out
 
 
-# ----------------------------------------------------------------- file readers
-def read_dicom(path):
-    """``(pixels float32 (H, W), pydicom dataset)``; KerassegError if corrupt or without pixel data.
-
-    MONOCHROME1 images are inverted so that dense tissue is bright in every source.
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise KerassegError(f"corrupt or unreadable DICOM ({type(exc).__name__}: {_one_line(exc)})",
-                            path) from None
-    if "PixelData" not in ds:
-        raise KerassegError("DICOM has no pixel data", path)
-    try:
-        pixels = np.asarray(ds.pixel_array, dtype=np.float32)
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken pixel data
-        raise KerassegError(f"cannot decode DICOM pixel data ({_one_line(exc)})", path) from None
-    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
-        pixels = pixels[..., :3].mean(axis=-1)
-    if pixels.ndim != 2:
-        raise KerassegError(f"expected a 2-D image, got pixel array of shape {pixels.shape}", path)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        pixels = pixels.max() - pixels
-    return pixels, ds
-
-
-def dicom_spacing(ds):
-    """(row, col) pixel size in mm from PixelSpacing (or ImagerPixelSpacing), else None."""
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(key)
-        if value is not None:
-            try:
-                sp = tuple(float(v) for v in value)
-            except (TypeError, ValueError):
-                continue
-            if len(sp) == 2 and all(s > 0 for s in sp):
-                return sp
-    return None
-
-
-def dicom_laterality(ds):
-    for key in ("ImageLaterality", "Laterality"):
-        value = str(ds.get(key, "") or "").strip().upper()
-        if value in ("L", "R"):
-            return value
-    return None
-
-
-def read_image_file(path) -> np.ndarray:
-    """A 2-D float32 image from PNG, TIFF, NPY or DICOM; KerassegError naming the file otherwise."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".dcm", ".dicom"):
-        return read_dicom(path)[0]
-    try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        else:
-            from skimage import io
-
-            arr = io.imread(path)
-    except Exception as exc:  # noqa: BLE001 - image libraries raise many types
-        raise KerassegError(f"cannot read image ({_one_line(exc)})", path) from None
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        arr = arr[..., :3].astype(np.float64).mean(axis=-1)
-    if arr.ndim != 2:
-        raise KerassegError(f"expected a 2-D (grey) image, got shape {arr.shape}", path)
-    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
-        raise KerassegError(f"image has non-numeric dtype {arr.dtype}", path)
-    return arr.astype(np.float32)
-
-
-def _one_line(exc) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
+# ----------------------------------------------------------------- output
 def check_output(path) -> Path:
     """KerassegError naming ``path`` if a dataset file cannot be written there (checked before reading)."""
     import os

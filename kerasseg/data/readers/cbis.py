@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasseg.data.readers import ImageRecord, dicom_spacing, read_dicom
+from kerasseg.data.imageio import read_dicom
+from kerasseg.data.readers import ImageRecord
 from kerasseg.errors import KerassegError
 
 
@@ -108,7 +109,8 @@ def iter_cbis(src, summary):
             summary.skip(csv_path, f"full image {rel} not found below {root}")
             continue
         full_path = max(cands, key=lambda p: p.stat().st_size) if not (root / rel).is_file() else root / rel
-        pixels, ds = read_dicom(full_path)
+        full = read_dicom(full_path)
+        pixels = full.pixels
         masks, names = [], []
         for row in entry["rows"]:
             mask = None
@@ -117,7 +119,7 @@ def iter_cbis(src, summary):
                 if cand == full_path:
                     continue
                 try:
-                    arr, _ = read_dicom(cand)
+                    arr = read_dicom(cand).pixels
                 except KerassegError as exc:
                     summary.warn(cand, f"unreadable ROI DICOM ignored ({exc})")
                     continue
@@ -132,7 +134,7 @@ def iter_cbis(src, summary):
         if not masks:
             continue
         side = entry["rows"][0].get("left or right breast", "").upper()[:1]
-        yield ImageRecord(image_id=image_id, image=pixels, masks=masks, spacing=dicom_spacing(ds),
+        yield ImageRecord(image_id=image_id, image=pixels, masks=masks, spacing=full.spacing_mm,
                           laterality=side if side in ("L", "R") else None,
                           group=entry["rows"][0]["patient id"], official=_official(csv_path, rel),
                           mass_ids=names)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from skimage.draw import polygon
 
-from kerasseg.data.readers import ImageRecord, read_image_file
+from kerasseg.data.imageio import read_image
+from kerasseg.data.readers import ImageRecord
 from kerasseg.data.splits import read_case_list
 from kerasseg.errors import KerassegError
 
@@ -192,7 +193,7 @@ def iter_ddsm(src, summary, train_list=None, test_list=None):
                 raise KerassegError(
                     f"no decoded image for {stem}.{view}.LJPEG: convert it to {stem}.{view}.png (or .tif/.npy) "
                     "beside the overlay", ics.parent / f"{stem}.{view}.LJPEG")
-            image = read_image_file(img_path)
+            image = read_image(img_path).pixels
             scale = np.array([image.shape[1] / info["cols"], image.shape[0] / info["rows"]])
             if not np.allclose(scale, 1.0):
                 summary.warn(img_path, f"image is {image.shape[1]}x{image.shape[0]} but the .ics says "

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from skimage.measure import label
 
-from kerasseg.data.readers import (IMAGE_SUFFIXES, ImageRecord, dicom_laterality, dicom_spacing,
-                                   read_dicom, read_image_file)
+from kerasseg.data.imageio import read_image
+from kerasseg.data.readers import ImageRecord
 from kerasseg.errors import KerassegError
+
+# the files listed in images/ and masks/ (read by kerasseg.data.imageio.read_image)
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".dcm", ".dicom")
 
 
 def _files(folder: Path) -> dict:
@@ -44,17 +47,13 @@ def iter_folder(src, summary, ready_rois: bool = False):
         if mask_path is None:
             summary.skip(img_path, f"no mask named {stem}.* in {mask_dir}")
             continue
-        spacing, lat = None, None
-        if img_path.suffix.lower() in (".dcm", ".dicom"):
-            image, ds = read_dicom(img_path)
-            spacing, lat = dicom_spacing(ds), dicom_laterality(ds)
-        else:
-            image = read_image_file(img_path)
+        read = read_image(img_path)
+        image, spacing, lat = read.pixels, read.spacing_mm, read.laterality
         if re.search(r"(^|[_\-.])R([_\-.]|$)", stem):
             lat = "R"
         elif lat is None and re.search(r"(^|[_\-.])L([_\-.]|$)", stem):
             lat = "L"
-        mask = read_image_file(mask_path) > 0
+        mask = read_image(mask_path).pixels > 0
         if mask.shape != image.shape:
             raise KerassegError(f"mask shape {mask.shape} differs from image shape {image.shape} ({img_path.name})",
                                 mask_path)

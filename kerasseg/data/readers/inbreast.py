@@ -18,7 +18,8 @@ from xml.parsers.expat import ExpatError
 import numpy as np
 from skimage.draw import polygon
 
-from kerasseg.data.readers import ImageRecord, dicom_laterality, dicom_spacing, read_dicom
+from kerasseg.data.imageio import read_dicom
+from kerasseg.data.readers import ImageRecord
 from kerasseg.errors import KerassegError
 
 _FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -113,7 +114,8 @@ def iter_inbreast(src, summary):
         if dcm is None:
             summary.skip(xml, f"no DICOM named {image_id}_*.dcm")
             continue
-        pixels, ds = read_dicom(dcm)
+        image = read_dicom(dcm)
+        pixels = image.pixels
         patient, lat = name_fields(dcm)
         masks = []
         for points in polygons:
@@ -124,6 +126,6 @@ def iter_inbreast(src, summary):
             masks.append(m)
         if not masks:
             continue
-        yield ImageRecord(image_id=image_id, image=pixels, masks=masks, spacing=dicom_spacing(ds),
-                          laterality=lat or dicom_laterality(ds),
-                          group=patient or str(ds.get("PatientID", "") or image_id))
+        yield ImageRecord(image_id=image_id, image=pixels, masks=masks, spacing=image.spacing_mm,
+                          laterality=lat or image.laterality,
+                          group=patient or image.meta.get("patient_id") or image_id)
