@@ -1,40 +1,71 @@
-"""Inference through the exported SavedModel (kerasseg.export): p50/p99 latency of one ROI, throughput at batch 64.
+"""Inference through the exported SavedModel (kerasseg.export): p50/p99 latency of one ROI, throughput at
+batch 64, and the size of the export on disk.
 
-The model is exported with :func:`kerasseg.export.export_model`, reloaded with ``tf.saved_model.load``
-and called through its ``serving_default`` signature (what TF Serving runs), in this process.
+Each model is the segmenter that training saves (:func:`kerasseg.models.build_segmenter`: the config's
+``ImagePreprocessor`` in front of the network; the position maps adapted on synthetic raw ROIs), exported
+with :func:`kerasseg.export.export_model`, reloaded with ``tf.saved_model.load`` and called through its
+``serving_default`` signature (what TF Serving runs) on raw ROI crops at the model size, in this process.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import print_targets, target
 
-# (label, arch, crf kwargs or None for the arch's default). The composite names default to the shipped
-# configs' CRF form (mode auto: low-rank at 40x40); the exact dense CRF is a reference row without a target.
-_ALL = (("crunet", "crunet", None), ("multifcn_crf", "multifcn_crf", None), ("unet", "unet", None),
-        ("crunet (exact CRF, reference)", "crunet", {"mode": "exact"}))
-MODELS = {"tiny": (("unet", "unet", None),), "quick": _ALL, "full": _ALL}
+# (label, arch, crf kwargs or None for the arch's default, (enhancement, normalization) of its configs).
+# The composite names default to the shipped configs' CRF form (mode auto: low-rank at 40x40); the exact
+# dense CRF is a reference row without a target.
+_CRUNET_PRE = ("none", "image")      # configs/_crunet.yaml
+_ZHU_PRE = ("clahe", "position")     # configs/_zhu.yaml
+_ALL = (("crunet", "crunet", None, _CRUNET_PRE), ("multifcn_crf", "multifcn_crf", None, _ZHU_PRE),
+        ("unet", "unet", None, _CRUNET_PRE),
+        ("crunet (exact CRF, reference)", "crunet", {"mode": "exact"}, _CRUNET_PRE))
+MODELS = {"tiny": (("unet", "unet", None, _CRUNET_PRE),), "quick": _ALL, "full": _ALL}
 CALLS = {"tiny": 5, "quick": 100, "full": 300}
 BATCH_CALLS = {"tiny": 2, "quick": 10, "full": 30}
 
 
-def serve_stats(label, arch, crf=None, mode="quick", size=40, batch=64):
+def raw_rois(rng, n, size):
+    """``n`` raw ROI crops (float32, mammogram-like intensities ~1000 +- 200 with a bright disc)."""
+    from benchmarks.common import disc_rois
+
+    return np.stack([1000.0 + 200.0 * img for _, img in disc_rois(rng, n, size)]).astype(np.float32)
+
+
+def segmenter(arch, crf=None, preprocessing=_CRUNET_PRE, size=40, seed=0):
+    """The model training would save: the config's preprocessing (adapted on raw ROIs) + the network."""
+    from kerasseg.layers import ImagePreprocessor
+    from kerasseg.models import build_model, build_segmenter
+
+    enhancement, normalization = preprocessing
+    pre = ImagePreprocessor(size, enhancement=enhancement, normalization=normalization, name="preprocessor")
+    pre.adapt(raw_rois(np.random.default_rng(seed), 16, size))
+    return build_segmenter(build_model(arch, input_size=size, crf=crf), pre)
+
+
+def folder_mb(path) -> float:
+    """Total size of the files under ``path`` in MB (what a model server downloads and loads)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+
+
+def serve_stats(label, arch, crf=None, mode="quick", size=40, batch=64, preprocessing=_CRUNET_PRE):
     import tensorflow as tf
 
     from kerasseg.export import export_model
-    from kerasseg.models import build_model
 
-    model = build_model(arch, input_size=size, crf=crf)
+    model = segmenter(arch, crf, preprocessing, size)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_model(model, f"{tmp}/export")
+        size_mb = folder_mb(path)
         sig = tf.saved_model.load(str(path)).signatures["serving_default"]
         rng = np.random.default_rng(0)
-        one = tf.constant(rng.standard_normal((1, size, size)).astype(np.float32))
-        many = tf.constant(rng.standard_normal((batch, size, size)).astype(np.float32))
+        one = tf.constant(raw_rois(rng, 1, size))
+        many = tf.constant(raw_rois(rng, batch, size))
         for _ in range(3):
             sig(image=one)["probability"].numpy()
             sig(image=many)["probability"].numpy()
@@ -48,14 +79,15 @@ def serve_stats(label, arch, crf=None, mode="quick", size=40, batch=64):
             sig(image=many)["probability"].numpy()
         thr = batch * BATCH_CALLS[mode] / (time.perf_counter() - t)
     lat = np.array(lat) * 1000
-    return {"model": label, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            f"batch{batch}_rois_per_s": float(thr)}
+    return {"model": label, "preprocessing": "/".join(preprocessing),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            f"batch{batch}_rois_per_s": float(thr), "export_mb": float(size_mb)}
 
 
 def run(mode="quick"):
     rows, targets = [], []
-    for label, arch, crf in MODELS[mode]:
-        row = serve_stats(label, arch, crf, mode)
+    for label, arch, crf, pre in MODELS[mode]:
+        row = serve_stats(label, arch, crf, mode, preprocessing=pre)
         rows.append(row)
         print("  serving", row, flush=True)
         if "reference" in label:

@@ -13,7 +13,7 @@ from kerasseg.errors import KerassegError
               help="Version number (default: highest existing + 1).")
 @click.option("--force", is_flag=True, help="Overwrite an existing version.")
 def export_cmd(source, out, version, force):
-    """Export RUN_DIR or MODEL.keras as a TF Serving SavedModel (signatures serving_default, raw)."""
+    """Export RUN_DIR or MODEL.keras as a TF Serving SavedModel (signatures serving_default, serving_4d, serving_bytes)."""
     from kerasseg.export import export_model
 
     path = export_model(source, out, version=version, force=force)

@@ -49,12 +49,28 @@ def _quiet_tensorflow_start():
 TENSORFLOW_FREE_COMMANDS = frozenset({"data"})
 
 
+def _starts_tensorflow(words) -> bool:
+    """Whether the command line ``words`` (after ``kerasseg``) imports TensorFlow.
+
+    Every command does, except in the ``data`` group: there only ``prepare`` and any use of the
+    built-in phantom do (they resize ROIs with the TensorFlow op the model shares,
+    kerasseg.data.transforms); ``data info FILE.npz`` and help never do.
+    """
+    if not words:
+        return False
+    if words[0] not in TENSORFLOW_FREE_COMMANDS:
+        return True
+    if {"-h", "--help"} & set(words):
+        return False
+    return len(words) > 1 and (words[1] == "prepare" or "phantom" in words[2:])
+
+
 class KerassegGroup(click.Group):
     """A click group that reports :class:`KerassegError` as one clear line."""
 
     def invoke(self, ctx):
         words = [*ctx.protected_args, *ctx.args]
-        if words and words[0] not in TENSORFLOW_FREE_COMMANDS:
+        if _starts_tensorflow(words):
             _quiet_tensorflow_start()
         try:
             return super().invoke(ctx)

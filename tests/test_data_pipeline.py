@@ -1,4 +1,6 @@
-"""Preprocessing (kerasseg.data.preprocess) and the tf.data pipeline (kerasseg.data.pipeline)."""
+"""Preprocessing layers (kerasseg.layers.preprocessing: the raw ROI -> network input steps that
+travel inside every saved model) against float64 NumPy / scikit-image references, and the
+tf.data pipeline (kerasseg.data.pipeline)."""
 
 import json
 
@@ -6,8 +8,9 @@ import numpy as np
 import pytest
 
 from kerasseg.data.dataset import ROIDataset
-from kerasseg.data.pipeline import Normalizer, fit_normalizer, flip_augment, make_tf_dataset
+from kerasseg.data.pipeline import flip_augment, make_tf_dataset
 from kerasseg.errors import KerassegError
+from kerasseg.layers import Enhance, ImagePreprocessor, Normalize, Resize
 
 
 def _toy(rng, n_train=6, n_test=4, size=12):
@@ -19,43 +22,99 @@ def _toy(rng, n_train=6, n_test=4, size=12):
     return ROIDataset(images=images, masks=masks, split=split, ids=ids)
 
 
-# --------------------------------------------------------------------------- normaliser
-def test_position_stats_come_from_train_split_only(rng):
+# --------------------------------------------------------------------------- references
+def np_image_norm(x):
+    """Per image: (x - mean) / max(population std, 1e-6), float64."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    return (x - mean) / np.maximum(x.std(axis=(1, 2), keepdims=True), 1e-6)
+
+
+def np_position_stats(train):
+    t = np.asarray(train, np.float64)
+    return t.mean(axis=0), np.maximum(t.std(axis=0), 1e-6)
+
+
+def np_scale01(x):
+    """Per-image linear scaling to [0, 1] in float32 arithmetic (the precision of the model's
+    pixels), the array scikit-image's equalisers are given."""
+    x = np.asarray(x, np.float32)
+    lo = x.min(axis=(1, 2), keepdims=True)
+    hi = x.max(axis=(1, 2), keepdims=True)
+    return (x - lo) / (hi - lo)
+
+
+def _fit(ds, mode, enh="none", **kw):
+    pre = ImagePreprocessor(ds.size, enhancement=enh, normalization=mode, **kw)
+    pre.adapt(ds.subset("train").images)
+    return pre
+
+
+# --------------------------------------------------------------------------- preprocessing layers
+def test_position_stats_come_from_the_adapted_images_only(rng):
     ds = _toy(rng)
-    norm = fit_normalizer(ds, "position")
-    train = ds.images[ds.split == "train"].astype(np.float64)
-    np.testing.assert_allclose(norm.mean, train.mean(axis=0), rtol=1e-6)
-    np.testing.assert_allclose(norm.std, train.std(axis=0), rtol=1e-5)
+    pre = _fit(ds, "position")
+    train = ds.subset("train").images
+    mean, std = np_position_stats(train)
+    assert pre.mode == "position" and pre.enhancement == "none"
+    np.testing.assert_allclose(np.asarray(pre.normalize.mean), mean, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(pre.normalize.std), std, rtol=1e-5)
     # changing the test images does not change the fitted statistics
     ds2 = ds.select(np.arange(len(ds)))
     ds2.images[ds2.split == "test"] *= 7.0
-    norm2 = fit_normalizer(ds2, "position")
-    np.testing.assert_array_equal(norm.mean, norm2.mean)
-    np.testing.assert_array_equal(norm.std, norm2.std)
+    pre2 = _fit(ds2, "position")
+    np.testing.assert_array_equal(np.asarray(pre.normalize.mean), np.asarray(pre2.normalize.mean))
+    np.testing.assert_array_equal(np.asarray(pre.normalize.std), np.asarray(pre2.normalize.std))
+    # fitted on all images the maps differ (the statistics really are those of what was adapted)
+    pre_all = ImagePreprocessor(ds.size, normalization="position")
+    pre_all.adapt(ds.images)
+    assert np.abs(np.asarray(pre_all.normalize.mean) - mean).max() > 1.0
     # on the train set every pixel position ends up with mean 0 and std 1
-    z = norm(ds.images[ds.split == "train"]).astype(np.float64)
+    z = pre.transform(train)
+    assert z.dtype == np.float32 and z.shape == (len(train), ds.size, ds.size, 1)
+    z = z[..., 0].astype(np.float64)
     np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
     np.testing.assert_allclose(z.std(axis=0), 1.0, atol=1e-4)
+    # and any image is normalised with the train maps (float64 reference)
+    test = ds.subset("test").images
+    np.testing.assert_allclose(pre.transform(test)[..., 0], (test - mean) / std, atol=1e-5)
+    # a position with a constant training value: std floored at 1e-6, no division by zero
+    const = train.copy()
+    const[:, 3, 4] = 1500.0
+    pc = ImagePreprocessor(ds.size, normalization="position")
+    pc.adapt(const)
+    assert float(np.asarray(pc.normalize.std)[3, 4]) == pytest.approx(1e-6)
+    assert np.isfinite(pc.transform(test)).all()
 
 
 def test_image_mode_zero_mean_unit_std(rng):
-    x = rng.normal(500.0, 80.0, size=(5, 10, 10)) * rng.uniform(0.5, 2.0, size=(5, 1, 1))
-    z = Normalizer("image")(x).astype(np.float64)
-    assert z.dtype == np.float64 and Normalizer("image")(x).dtype == np.float32
+    x = (rng.normal(500.0, 80.0, size=(5, 10, 10)) * rng.uniform(0.5, 2.0, size=(5, 1, 1))).astype(np.float32)
+    pre = ImagePreprocessor(10, normalization="image")
+    pre.adapt(x)  # nothing to fit; allowed
+    z = pre.transform(x)
+    assert z.dtype == np.float32 and z.shape == (5, 10, 10, 1)
+    z = z[..., 0].astype(np.float64)
+    np.testing.assert_allclose(z, np_image_norm(x), atol=1e-5)
     np.testing.assert_allclose(z.mean(axis=(1, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(z.std(axis=(1, 2)), 1.0, atol=1e-5)
+    # the Normalize layer alone on (N, H, W, 1)
+    np.testing.assert_allclose(np.asarray(Normalize("image")(x[..., None]))[..., 0], np_image_norm(x), atol=1e-5)
     # a constant image does not divide by zero
-    assert np.all(Normalizer("image")(np.full((1, 4, 4), 3.0)) == 0.0)
-    # 'none' is the identity; a single (H, W) image keeps its rank
-    np.testing.assert_allclose(Normalizer("none")(x), x.astype(np.float32))
-    assert Normalizer("image")(x[0]).shape == (10, 10)
+    assert np.all(pre.transform(np.full((1, 10, 10), 3.0)) == 0.0)
+    # 'none' is the identity (at the model size the resize is the identity too)
+    ident = ImagePreprocessor(10, enhancement="none", normalization="none")
+    np.testing.assert_array_equal(ident.transform(x)[..., 0], x)
+    np.testing.assert_array_equal(ident.transform(x[..., None])[..., 0], x)   # (N, H, W, 1) accepted
+    # a single (H, W) image is refused: a batch is (N, H, W)
+    with pytest.raises(KerassegError, match=r"\(N, H, W\)"):
+        pre.transform(x[0])
 
 
 def test_histeq_and_clahe(rng):
     from skimage import exposure
 
-    x = rng.gamma(2.0, 200.0, size=(3, 24, 24))
-    h = Normalizer("none", "histeq")(x).astype(np.float64)
+    x = rng.gamma(2.0, 200.0, size=(3, 24, 24)).astype(np.float32)
+    h = ImagePreprocessor(24, enhancement="histeq", normalization="none").transform(x)[..., 0].astype(np.float64)
     assert h.min() >= 0.0 and h.max() <= 1.0
     for img, out in zip(x, h):
         order = np.argsort(img, axis=None)
@@ -63,65 +122,152 @@ def test_histeq_and_clahe(rng):
         # equalised: the empirical CDF of the output is close to uniform
         assert np.abs(np.sort(out.ravel()) - np.linspace(0, 1, out.size)).max() < 0.05
     # skimage's equaliser on the [0, 1]-scaled image is the reference
-    x01 = (x[0] - x[0].min()) / (x[0].max() - x[0].min())
-    np.testing.assert_allclose(h[0], exposure.equalize_hist(x01), atol=1e-6)
-    c = Normalizer("none", "clahe", clahe_clip_limit=0.02)(x).astype(np.float64)
-    np.testing.assert_allclose(c[1], exposure.equalize_adapthist(
-        (x[1] - x[1].min()) / (x[1].max() - x[1].min()), clip_limit=0.02), atol=1e-6)
+    x01 = np_scale01(x)
+    np.testing.assert_allclose(h, np.stack([exposure.equalize_hist(i) for i in x01]), atol=1e-6)
+    pre_c = ImagePreprocessor(24, enhancement="clahe", normalization="none", clahe_clip_limit=0.02)
+    c = pre_c.transform(x)[..., 0].astype(np.float64)
+    ref_c = np.stack([exposure.equalize_adapthist(i, clip_limit=0.02) for i in x01])
+    np.testing.assert_allclose(c, ref_c, atol=1e-6)
+    np.testing.assert_allclose(pre_c.enhanced_numpy(x)[..., 0], ref_c, atol=1e-6)  # enhancement only
     assert not np.allclose(c, h)
+    # the Enhance layer alone, with an explicit kernel size
+    e = np.asarray(Enhance("clahe", clip_limit=0.03, kernel_size=8)(x[..., None]))[..., 0]
+    np.testing.assert_allclose(e, np.stack([exposure.equalize_adapthist(i, kernel_size=8, clip_limit=0.03)
+                                            for i in x01]), atol=1e-6)
     # enhancement then per-image normalisation
-    z = Normalizer("image", "clahe")(x).astype(np.float64)
+    z = ImagePreprocessor(24, enhancement="clahe", normalization="image").transform(x)[..., 0].astype(np.float64)
+    ref_z = np_image_norm(np.stack([exposure.equalize_adapthist(i) for i in x01]))
+    np.testing.assert_allclose(z, ref_z, atol=1e-4)
     np.testing.assert_allclose(z.std(axis=(1, 2)), 1.0, atol=1e-5)
+    # enhancement then position normalisation: the maps are those of the ENHANCED train ROIs
+    pre_p = ImagePreprocessor(24, enhancement="histeq", normalization="position")
+    pre_p.adapt(x)
+    mean, std = np_position_stats(np.stack([exposure.equalize_hist(i) for i in x01]))
+    np.testing.assert_allclose(np.asarray(pre_p.normalize.mean), mean, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pre_p.normalize.std), std, rtol=1e-5, atol=1e-6)
+    # a constant ROI: as scikit-image (0.5 for histeq, 1.0 for clahe), not zeros
+    flat = np.full((1, 24, 24), 7.0, np.float32)
+    zeros01 = np.zeros((24, 24), np.float32)  # what scaling a constant ROI to [0, 1] gives
+    np.testing.assert_allclose(
+        ImagePreprocessor(24, enhancement="histeq", normalization="none").transform(flat)[0, ..., 0],
+        exposure.equalize_hist(zeros01), atol=1e-6)
+    np.testing.assert_allclose(
+        ImagePreprocessor(24, enhancement="clahe", normalization="none").transform(flat)[0, ..., 0],
+        exposure.equalize_adapthist(zeros01), atol=1e-6)
 
 
 @pytest.mark.parametrize("mode,enh", [("position", "none"), ("position", "clahe"),
                                       ("image", "histeq"), ("none", "none")])
-def test_config_roundtrip_json(rng, mode, enh):
+def test_config_roundtrip_json_and_keras_file(rng, tmp_path, mode, enh):
+    import keras
+
     ds = _toy(rng)
-    norm = fit_normalizer(ds, mode, enh)
-    cfg = json.loads(json.dumps(norm.get_config()))
-    again = Normalizer.from_config(cfg)
-    np.testing.assert_array_equal(again(ds.images), norm(ds.images))
+    pre = _fit(ds, mode, enh)
+    cfg = json.loads(json.dumps(pre.get_config()))
+    assert (cfg["size"], cfg["normalization"], cfg["enhancement"]) == (ds.size, mode, enh)
+    again = ImagePreprocessor.from_config(cfg)
     assert again.get_config() == cfg
+    if mode != "position":  # nothing fitted: the config is the whole preprocessing
+        np.testing.assert_array_equal(again.transform(ds.images), pre.transform(ds.images))
+    # with the fitted maps (weights), a .keras model file brings back the same preprocessing
+    inp = keras.Input((None, None, 1), name="image")
+    model = keras.Model(inp, pre(inp))
+    model.save(tmp_path / "pre.keras")
+    import kerasseg.layers  # noqa: F401  (registers the layers)
+
+    loaded = keras.saving.load_model(tmp_path / "pre.keras", compile=False)
+    got = np.asarray(loaded(ds.images[..., None]))
+    np.testing.assert_array_equal(got, pre.transform(ds.images))
+    ref = {"position": lambda x: (x - np_position_stats(ds.subset("train").images)[0])
+           / np_position_stats(ds.subset("train").images)[1],
+           "image": np_image_norm, "none": lambda x: np.asarray(x, np.float64)}[mode]
+    if enh == "none":
+        np.testing.assert_allclose(got[..., 0], ref(ds.images), atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["image", "position", "none"])
-def test_tf_normalize_matches_numpy(rng, mode):
+@pytest.mark.parametrize("enh", ["none", "clahe", "histeq"])
+def test_graph_mode_matches_numpy(rng, mode, enh):
+    """Inside a tf.function with unknown batch and crop size (the serving graph), the layer gives
+    the float64 reference: enhancement (scikit-image) then normalisation."""
+    import tensorflow as tf
+    from skimage import exposure
+
     ds = _toy(rng)
-    norm = fit_normalizer(ds, mode)
-    ref = norm(ds.images)
-    got = norm.tf_normalize(ds.images).numpy()
-    assert got.dtype == np.float32
+    pre = _fit(ds, mode, enh)
+    fn = tf.function(lambda t: pre(t), input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+    got = fn(tf.constant(ds.images[..., None])).numpy()
+    assert got.dtype == np.float32 and got.shape == ds.images.shape + (1,)
+
+    def enhance(x):
+        x01 = np_scale01(x)
+        if enh == "clahe":
+            return np.stack([exposure.equalize_adapthist(i) for i in x01]).astype(np.float64)
+        if enh == "histeq":
+            return np.stack([exposure.equalize_hist(i) for i in x01]).astype(np.float64)
+        return np.asarray(x, np.float64)
+
+    e = enhance(ds.images)
+    if mode == "position":
+        mean, std = np_position_stats(enhance(ds.subset("train").images))
+        ref = (e - mean) / std
+    elif mode == "image":
+        ref = np_image_norm(e)
+    else:
+        ref = e
     scale = max(1.0, float(np.abs(ref).max()))
-    np.testing.assert_allclose(got, ref, atol=1e-5 * scale)
+    np.testing.assert_allclose(got[..., 0], ref, atol=1e-4 * scale)
+    np.testing.assert_allclose(got, pre.transform(ds.images), atol=1e-6 * scale)  # eager == graph
 
 
-@pytest.mark.parametrize("enh", ["clahe", "histeq"])
-def test_tf_normalize_refuses_enhancement(enh):
-    with pytest.raises(KerassegError, match="no TF-graph form"):
-        Normalizer("image", enh).tf_normalize(np.zeros((1, 4, 4), np.float32))
+def test_any_crop_size_is_resized_to_the_model_size(rng):
+    import tensorflow as tf
+
+    pre = ImagePreprocessor(12, normalization="image")
+    crops = rng.normal(1000, 100, size=(2, 31, 19)).astype(np.float32)
+    out = pre.transform(crops)
+    assert out.shape == (2, 12, 12, 1)
+    # = the normalisation of the anti-aliased bicubic resize (TF's op, the one kerasseg resize)
+    resized = tf.image.resize(crops[..., None], (12, 12), method="bicubic", antialias=True).numpy()[..., 0]
+    np.testing.assert_allclose(out[..., 0], np_image_norm(resized), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(Resize(12)(crops[..., None]))[..., 0], resized, atol=1e-3)
+    # at the model size the resize is the identity
+    same = rng.normal(size=(2, 12, 12, 1)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(Resize(12)(same)), same)
 
 
-def test_normalizer_errors(rng):
-    with pytest.raises(KerassegError, match="mode"):
-        Normalizer("zscore")
+def test_preprocessing_errors(rng):
+    with pytest.raises(KerassegError, match="normalisation mode"):
+        ImagePreprocessor(12, normalization="zscore")
     with pytest.raises(KerassegError, match="enhancement"):
-        Normalizer("image", "ballbruce")
-    with pytest.raises(KerassegError, match="not fitted"):
-        Normalizer("position")(np.zeros((1, 4, 4)))
-    norm = Normalizer("position").fit(rng.random((3, 4, 4)))
-    with pytest.raises(KerassegError, match="size"):
-        norm(rng.random((2, 5, 5)))
+        ImagePreprocessor(12, enhancement="ballbruce")
+    with pytest.raises(KerassegError, match="clip_limit"):
+        Enhance("clahe", clip_limit=0.0)
+    with pytest.raises(KerassegError, match="kernel_size"):
+        Enhance("clahe", kernel_size=1)
+    with pytest.raises(KerassegError, match="size must be an integer >= 8"):
+        Resize(4)
+    with pytest.raises(KerassegError, match="fixed ROI size"):
+        Normalize("position").build((None, None, None, 1))
+    norm = Normalize("position")
+    assert norm.adapted is False
+    norm.adapt(rng.random((3, 8, 8)))
+    assert norm.adapted is True and tuple(norm.mean.shape) == (8, 8)
     with pytest.raises(KerassegError, match="empty"):
-        Normalizer("position").fit(np.zeros((0, 4, 4)))
+        ImagePreprocessor(8, normalization="position").adapt(np.zeros((0, 8, 8)))
     with pytest.raises(KerassegError, match=r"\(N, H, W\)"):
-        Normalizer("image")(np.zeros(5))
-    with pytest.raises(KerassegError, match="unknown"):
-        Normalizer.from_config({"mode": "image", "colour": 1})
-    with pytest.raises(KerassegError, match="mean"):
-        Normalizer.from_config({"mode": "position"})
-    with pytest.raises(KerassegError):
-        Normalizer.from_config({"mode": "position", "mean": [[0.0]], "std": [[0.0]]})
+        ImagePreprocessor(8).transform(np.zeros(5))
+    with pytest.raises(KerassegError, match=r"\(N, H, W\)"):
+        ImagePreprocessor(8).transform(np.zeros((2, 8, 8, 3)))
+    bad = np.ones((1, 8, 8))
+    bad[0, 2, 3] = np.nan
+    with pytest.raises(KerassegError, match="NaN"):
+        ImagePreprocessor(8).transform(bad)
+    with pytest.raises(KerassegError, match="numeric"):
+        ImagePreprocessor(8).transform([["a"]])
+    cfg = ImagePreprocessor(8).get_config()
+    with pytest.raises(TypeError, match="unknown normalisation mode 'zscore'"):  # Keras wraps the error
+        ImagePreprocessor.from_config({**cfg, "normalization": "zscore"})
 
 
 # --------------------------------------------------------------------------- flips

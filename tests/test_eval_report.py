@@ -104,7 +104,7 @@ def test_evaluate_bad_inputs(tmp_path, rng):
         evaluate_run(tmp_path, data=ds, out_dir=tmp_path / "r")
     with pytest.raises(KerassegError, match="no such run"):
         evaluate_run(tmp_path / "nope", data=ds)
-    with pytest.raises(KerassegError, match="model expects 20x20"):
+    with pytest.raises(KerassegError, match="data ROIs are 16x16 but the model computes at 20x20"):
         evaluate_run(_threshold_model(size=20), data=ds, out_dir=tmp_path / "r")
     with pytest.raises(KerassegError, match="no 'val' ROIs"):
         evaluate_run(_threshold_model(), data=ds, split="val", out_dir=tmp_path / "r")
@@ -174,22 +174,60 @@ def test_cli_compare_and_evaluate_errors(tmp_path, rng):
     assert res.exit_code == 1 and "no model.keras here" in res.output
 
 
-def test_evaluate_keras_file_with_normalizer(tmp_path, rng):
-    """A saved kerasseg model + normalizer.json: same numbers as predicting by hand."""
-    from kerasseg.data.pipeline import Normalizer
-    from kerasseg.models import build_model
+def _numpy_image_norm(images):
+    """Independent float64 reference of the per-image normalisation: (x - mean) / max(std, 1e-6)."""
+    x = np.asarray(images, np.float64)
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    std = np.maximum(x.std(axis=(1, 2), keepdims=True), 1e-6)
+    return (x - mean) / std
 
+
+def test_evaluate_keras_file_of_segmenter_and_of_bare_network(tmp_path, rng):
+    """A saved segmenter (preprocessing inside model.keras): same numbers as normalising in NumPy
+    and running the network by hand. A .keras of a bare network is evaluated on the raw pixels."""
+    import keras
+
+    from kerasseg.layers import ImagePreprocessor
+    from kerasseg.models import build_model, build_segmenter
+
+    keras.utils.set_random_seed(3)
     ds = _dataset(rng, n=5, size=40)
-    model = build_model("unet", input_size=40)
-    model.save(tmp_path / "net.keras")
-    norm = Normalizer("image").fit(ds.subset("train").images)
-    (tmp_path / "normalizer.json").write_text(json.dumps(norm.get_config()))
-    m = evaluate_run(tmp_path / "net.keras", data=ds, out_dir=tmp_path / "rep", verbose=False, figures=False)
+    ds.images[:] = ds.images * 300.0 + 1200.0  # raw intensities, far from the normalised range
+    net = build_model("unet", input_size=40)
+    pre = ImagePreprocessor(40, enhancement="none", normalization="image", name="preprocessor")
+    pre.adapt(ds.subset("train").images)
+    build_segmenter(net, pre).save(tmp_path / "seg.keras")
+    net.save(tmp_path / "net.keras")
     test = ds.subset("test")
-    prob = np.asarray(model.predict(norm(test.images)[..., None], verbose=0)["net"])[..., 1]
-    ref = [_dice(p >= 0.5, g) for p, g in zip(prob, test.masks)]
-    assert m["final_output"] == "net"
-    assert m["dice_mean"] == pytest.approx(np.mean(ref), abs=1e-6)
-    with pytest.raises(KerassegError, match="no normalizer.json"):
-        (tmp_path / "normalizer.json").unlink()
-        evaluate_run(tmp_path / "net.keras", data=ds, out_dir=tmp_path / "rep2", verbose=False)
+
+    def reference(x):
+        """The network's mass probability on ``x``, and the range of the mean Dice of its
+        ``>= 0.5`` masks: pixels within 1e-4 of the threshold may go either way with float32
+        rounding (best case: they agree with the ground truth, worst case: they do not)."""
+        prob = np.asarray(net(np.asarray(x, np.float32)[..., None], training=False)["net"])[..., 1]
+        pred = prob.astype(np.float64) >= 0.5
+        open_ = np.abs(prob.astype(np.float64) - 0.5) <= 1e-4
+        g = test.masks.astype(bool)
+        best = np.mean([_dice(np.where(o, t, p), t) for p, o, t in zip(pred, open_, g)])
+        worst = np.mean([_dice(np.where(o, ~t, p), t) for p, o, t in zip(pred, open_, g)])
+        return prob, pred, open_, (worst, best)
+
+    m = evaluate_run(tmp_path / "seg.keras", data=ds, out_dir=tmp_path / "rep", verbose=False, figures=False)
+    prob, pred, open_, (lo, hi) = reference(_numpy_image_norm(test.images))
+    assert m["final_output"] == "net" and m["n"] == len(test)
+    assert 0 < pred.sum() < pred.size and open_.mean() < 0.01   # non-trivial masks, few open pixels
+    with np.load(tmp_path / "rep" / "predictions.npz") as z:
+        np.testing.assert_allclose(z["prob"], prob, atol=1e-5)
+        np.testing.assert_array_equal(z["pred"], (z["prob"] >= 0.5).astype(np.uint8))
+        np.testing.assert_array_equal(z["pred"][~open_], pred[~open_])
+        np.testing.assert_array_equal(z["images"], test.images)   # the raw ROIs were given to the model
+    assert lo - 1e-6 <= m["dice_mean"] <= hi + 1e-6
+
+    # a bare network: wrapped with the resize-only preprocessor, i.e. no normalisation of the input
+    m2 = evaluate_run(tmp_path / "net.keras", data=ds, out_dir=tmp_path / "rep2", verbose=False, figures=False)
+    prob_raw, pred_raw, open_raw, (lo, hi) = reference(test.images)
+    with np.load(tmp_path / "rep2" / "predictions.npz") as z:
+        np.testing.assert_allclose(z["prob"], prob_raw, atol=1e-5)
+        np.testing.assert_array_equal(z["pred"][~open_raw], pred_raw[~open_raw])
+        assert np.abs(z["prob"] - prob).max() > 1e-2       # it really did not normalise
+    assert lo - 1e-6 <= m2["dice_mean"] <= hi + 1e-6

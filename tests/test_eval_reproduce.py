@@ -69,8 +69,10 @@ def test_table_numbers_tests_and_resume(tmp_path, monkeypatch):
     base = np.mean([dice_img(rows[0][0], s)[0] for s in range(2)], axis=0)
     for r, (cfg, label, inb, ddsm) in zip(res["rows"], rows):
         per_seed = np.array([dice_img(cfg, s)[0].mean() for s in range(2)]) * 100
-        assert r["dice_mean"] == pytest.approx(per_seed.mean())
-        assert r["dice_mean_std"] == pytest.approx(per_seed.std(ddof=1))
+        # the library's per-image Dice is float32 (kerasseg.training.metrics.dice_per_image):
+        # ~1e-7 relative, i.e. ~1e-5 in percent points, absolute
+        assert r["dice_mean"] == pytest.approx(per_seed.mean(), abs=1e-5)
+        assert r["dice_mean_std"] == pytest.approx(per_seed.std(ddof=1), abs=1e-5)
         assert (r["paper_inbreast"], r["paper_ddsm"]) == (inb[0], ddsm[0])
         if cfg == rows[0][0]:
             assert r["vs_baseline"] is None

@@ -1,27 +1,10 @@
-"""Shared helpers for the export tests (no tests here): a small Contract-3 model and a reference normaliser."""
+"""Shared helpers for the export tests (no tests here): a small segmenter and float64 references."""
 
 import numpy as np
 
 
-class ImageNormalizer:
-    """Per-image zero-mean/unit-std normaliser with a TF form (stand-in with the Normalizer's interface)."""
-
-    mode = "image"
-    enhancement = "none"
-
-    def get_config(self):
-        return {"mode": self.mode, "enhancement": self.enhancement}
-
-    def tf_normalize(self, x):
-        import tensorflow as tf
-
-        mean = tf.reduce_mean(x, axis=[-2, -1], keepdims=True)
-        std = tf.math.reduce_std(x, axis=[-2, -1], keepdims=True)
-        return (x - mean) / tf.maximum(std, 1e-6)
-
-
 def numpy_normalize(images):
-    """Independent float64 reference of ImageNormalizer."""
+    """Independent float64 reference of the per-image normalisation."""
     x = np.asarray(images, np.float64)
     mean = x.mean(axis=(-2, -1), keepdims=True)
     std = np.maximum(x.std(axis=(-2, -1), keepdims=True), 1e-6)
@@ -29,7 +12,7 @@ def numpy_normalize(images):
 
 
 def tiny_model(size=40, crf=True, seed=0):
-    """Functional model: image (B,S,S,1) -> {"net", "crf"} probabilities (B,S,S,2).
+    """Functional Contract-3 network: image (B,S,S,1) -> {"net", "crf"} probabilities (B,S,S,2).
 
     A fixed 1x1 path makes bright pixels 'mass' (so masks are non-trivial); a random 3x3 path with
     dropout makes inference mode matter.
@@ -46,13 +29,24 @@ def tiny_model(size=40, crf=True, seed=0):
     outputs = {"net": keras.layers.Softmax(name="net")(logits)}
     if crf:
         outputs["crf"] = keras.layers.Softmax(name="crf")(keras.layers.Rescaling(2.0)(logits))
-    model = keras.Model(inp, outputs)
+    model = keras.Model(inp, outputs, name="tiny")
     model.get_layer("fixed").set_weights([np.array([[[[0.0, 3.0]]]], np.float32), np.array([0.0, -1.0], np.float32)])
     return model
 
 
-def keras_reference(model, images, final="crf"):
-    """Keras pipeline: float64 normalisation, model in inference mode, final mass probability."""
+def tiny_segmenter(size=40, crf=True, seed=0, normalization="image", enhancement="none", train_images=None):
+    """:func:`tiny_model` behind an ImagePreprocessor (adapted on ``train_images`` when given)."""
+    from kerasseg.layers import ImagePreprocessor
+    from kerasseg.models import build_segmenter
+
+    pre = ImagePreprocessor(size, enhancement=enhancement, normalization=normalization, name="preprocessor")
+    if train_images is not None:
+        pre.adapt(train_images)
+    return build_segmenter(tiny_model(size, crf, seed), pre)
+
+
+def keras_reference(network, images, final="crf"):
+    """float64 per-image normalisation of S x S ROIs, the network in inference mode, final mass probability."""
     x = numpy_normalize(images).astype(np.float32)[..., None]
-    out = model(x, training=False)
+    out = network(x, training=False)
     return np.asarray(out[final])[..., 1]

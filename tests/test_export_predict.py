@@ -12,18 +12,26 @@ from kerasseg.errors import KerassegError
 from kerasseg.export import Segmenter, export_model, predict_inputs
 from kerasseg.export.predict import box_from_hint, check_box, parse_roi, read_image
 from fixtures_data import write_dicom
-from test_export_common import ImageNormalizer, keras_reference, tiny_model
+from test_export_common import keras_reference, tiny_model, tiny_segmenter
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(40, crf=True, seed=1)
+    """The segmenter: per-image normalisation inside, then the tiny network (with a 'crf' output)."""
+    return tiny_segmenter(40, crf=True, seed=1)
+
+
+@pytest.fixture(scope="module")
+def network(model):
+    from kerasseg.models import get_network
+
+    return get_network(model)
 
 
 @pytest.fixture(scope="module")
 def export_dir(model, tmp_path_factory):
     base = tmp_path_factory.mktemp("exp") / "massseg"
-    export_model((model, ImageNormalizer()), base)
+    export_model(model, base)
     return base
 
 
@@ -54,29 +62,68 @@ def test_roi_parsing_and_checks():
         box_from_hint(np.zeros((90, 120)), (90, 120))
 
 
-def test_segmenter_export_and_keras_agree(model, export_dir, rng):
+def test_segmenter_export_and_keras_agree(model, network, export_dir, tmp_path, rng):
     x = rng.normal(100, 20, size=(3, 40, 40)).astype(np.float32)
+    model_path = tmp_path / "seg.keras"
+    model.save(model_path)
     seg_export = Segmenter(export_dir)
-    seg_keras = Segmenter((model, ImageNormalizer()))
-    assert seg_export.kind == "export" and seg_keras.kind == "keras"
+    seg_keras = Segmenter(model)
+    seg_file = Segmenter(model_path)
+    assert seg_export.kind == "export" and seg_keras.kind == "keras" and seg_file.kind == "keras"
     p1, m1 = seg_export(x)
     p2, m2 = seg_keras(x[..., None])
-    ref = keras_reference(model, x, "crf")
-    np.testing.assert_allclose(p1, ref, atol=1e-5)
-    np.testing.assert_allclose(p2, ref, atol=1e-5)
-    np.testing.assert_array_equal(m1, (ref >= 0.5).astype(np.uint8))
-    for bad in (x[0], np.repeat(x[..., None], 3, axis=-1)):
-        with pytest.raises(KerassegError, match=r"\[batch, height, width\]"):
-            seg_export(bad)
+    p3, m3 = seg_file(x)
+    # independent reference: float64 per-image normalisation, the network in inference mode
+    ref = keras_reference(network, x, "crf")
+    assert 0 < (ref >= 0.5).sum() < ref.size  # non-trivial masks
+    for p, m in ((p1, m1), (p2, m2), (p3, m3)):
+        assert p.dtype == np.float32 and m.dtype == np.uint8 and p.shape == m.shape == x.shape
+        np.testing.assert_allclose(p, ref, atol=1e-5)
+        np.testing.assert_array_equal(m, (p >= 0.5).astype(np.uint8))
+    decided = np.abs(ref - 0.5) > 1e-4  # pixels on the threshold may flip with float rounding
+    np.testing.assert_array_equal(m1[decided], (ref >= 0.5)[decided])
+    # any crop size (resized inside to 40 and back): the .keras file and its export run the same graph
+    odd = rng.normal(100, 20, size=(2, 57, 33)).astype(np.float32)
+    po_export, mo_export = seg_export(odd)
+    po_file, mo_file = seg_file(odd)
+    assert po_export.shape == odd.shape
+    np.testing.assert_allclose(po_export, po_file, atol=1e-6)
+    np.testing.assert_array_equal(mo_export, (po_export >= 0.5).astype(np.uint8))
+    # batching does not change the result
+    np.testing.assert_allclose(Segmenter(export_dir, batch_size=2)(x)[0], p1, atol=1e-6)
+    for seg in (seg_export, seg_keras):
+        for bad in (x[0], np.repeat(x[..., None], 3, axis=-1)):
+            with pytest.raises(KerassegError, match=r"\[batch, height, width\]"):
+                seg(bad)
+        with pytest.raises(KerassegError, match="at least 8 x 8"):
+            seg(x[:, :7, :])
+        nan = x.copy()
+        nan[0, 1, 2] = np.nan
+        with pytest.raises(KerassegError, match="NaN"):
+            seg(nan)
 
 
 def test_read_dicom_monochrome1_and_rescale(tmp_path, mammogram):
     p = tmp_path / "m1.dcm"
     write_dicom(p, mammogram, spacing=(0.1, 0.05), photometric="MONOCHROME1", slope=2.0, intercept=-5.0)
     img = read_image(p)
-    expected = mammogram.astype(np.float64) * 2 - 5
-    np.testing.assert_allclose(img.pixels, expected.max() - expected)
+    # MONOCHROME1 is inverted within the stored range (16 bits stored: 0..65535), then rescaled
+    expected = (65535.0 - mammogram.astype(np.float64)) * 2.0 - 5.0
+    np.testing.assert_allclose(img.pixels, expected)
     assert img.spacing_mm == (0.1, 0.05)
+    assert img.meta["inverted"] is True
+    # a pixel's value does not depend on the image's brightest pixel (not max - value)
+    p2 = tmp_path / "m1_dim.dcm"
+    dim = mammogram.copy()
+    dim[0, 0] = 0
+    dim[mammogram == mammogram.max()] = 0
+    write_dicom(p2, dim, photometric="MONOCHROME1", slope=2.0, intercept=-5.0)
+    keep = (dim == mammogram)
+    np.testing.assert_array_equal(read_image(p2).pixels[keep], img.pixels[keep])
+    # MONOCHROME2: only the rescale
+    p3 = tmp_path / "m2.dcm"
+    write_dicom(p3, mammogram, photometric="MONOCHROME2", slope=2.0, intercept=-5.0)
+    np.testing.assert_allclose(read_image(p3).pixels, mammogram.astype(np.float64) * 2.0 - 5.0)
     bad = tmp_path / "broken.dcm"
     bad.write_bytes(b"not a dicom at all")
     with pytest.raises(KerassegError, match="broken.dcm: cannot read DICOM"):
@@ -154,7 +201,7 @@ def test_bad_inputs_reported_others_processed(export_dir, mammogram, tmp_path):
     assert res.exit_code != 0 and "is empty" in res.output
 
 
-def test_predict_npz_dataset(model, export_dir, tmp_path):
+def test_predict_npz_dataset(network, export_dir, tmp_path):
     from kerasseg.data.dataset import load_npz
     from kerasseg.data.phantom import make_phantom
 
@@ -168,8 +215,9 @@ def test_predict_npz_dataset(model, export_dir, tmp_path):
     pred = np.load(tmp_path / "o" / "rois_predictions.npz")
     ds = load_npz(path)
     np.testing.assert_array_equal(pred["ids"], ds.ids)
-    ref = keras_reference(model, ds.images, "crf")
+    ref = keras_reference(network, ds.images, "crf")
     np.testing.assert_allclose(pred["prob"], ref, atol=1e-5)
+    np.testing.assert_array_equal(pred["pred"], (pred["prob"] >= 0.5).astype(np.uint8))
     info = json.loads((tmp_path / "o" / "rois.json").read_text())
     assert [r["area_px"] for r in info["rois"]] == [int(m.sum()) for m in pred["pred"]]
     if ds.spacing_mm is not None:
@@ -178,23 +226,36 @@ def test_predict_npz_dataset(model, export_dir, tmp_path):
     assert "do not apply to .npz" in failures[str(path)]
 
 
-def test_export_cli(model, tmp_path):
+def test_export_cli(model, network, tmp_path):
+    import tensorflow as tf
+
     from kerasseg.cli.main import cli
 
     model_path = tmp_path / "model.keras"
     model.save(model_path)
-    with pytest.warns(UserWarning, match="no normalizer.json"):
-        res = CliRunner().invoke(cli, ["export", str(model_path), "--out", str(tmp_path / "s" / "m")])
+    res = CliRunner().invoke(cli, ["export", str(model_path), "--out", str(tmp_path / "s" / "m")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "s" / "m" / "1" / "saved_model.pb").exists()
     res = CliRunner().invoke(cli, ["export", str(model_path), "--out", str(tmp_path / "s" / "m"), "--version", "1"])
     assert res.exit_code != 0 and "already exists; use --force" in res.output
     res = CliRunner().invoke(cli, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "s" / "m")])
     assert res.exit_code != 0 and "no such run directory or model file" in res.output
-    # no normalizer.json beside the .keras file: no normalisation, raw model on the resized crop
-    import tensorflow as tf
-
-    x = np.random.default_rng(0).normal(0, 1, (1, 40, 40)).astype(np.float32)
+    # the segmenter .keras carries its normalisation into the export
+    x = np.random.default_rng(0).normal(300, 50, (2, 40, 40)).astype(np.float32)
     loaded = tf.saved_model.load(str(tmp_path / "s" / "m" / "1"))
     got = loaded.signatures["serving_default"](image=tf.constant(x))["probability"].numpy()
-    np.testing.assert_allclose(got, np.asarray(model(x[..., None], training=False)["crf"])[..., 1], atol=1e-5)
+    np.testing.assert_allclose(got, keras_reference(network, x, "crf"), atol=1e-5)
+
+    # a .keras of a bare network (no preprocessing inside): wrapped resize-only, no normalisation,
+    # so the export runs the network on the raw crop
+    bare = tiny_model(40, crf=True, seed=2)
+    bare_path = tmp_path / "bare.keras"
+    bare.save(bare_path)
+    res = CliRunner().invoke(cli, ["export", str(bare_path), "--out", str(tmp_path / "s" / "bare")])
+    assert res.exit_code == 0, res.output
+    xs = np.random.default_rng(1).normal(0, 1, (1, 40, 40)).astype(np.float32)
+    loaded = tf.saved_model.load(str(tmp_path / "s" / "bare" / "1"))
+    got = loaded.signatures["serving_default"](image=tf.constant(xs))["probability"].numpy()
+    np.testing.assert_allclose(got, np.asarray(bare(xs[..., None], training=False)["crf"])[..., 1], atol=1e-5)
+    card = json.loads((tmp_path / "s" / "bare" / "1" / "assets" / "model_card.json").read_text())
+    assert card["input_contract"]["preprocessing"]["normalization"] == "none"

@@ -16,7 +16,7 @@ import pytest
 from kerasseg.errors import KerassegError
 from kerasseg.export import savedmodel
 from kerasseg.export.savedmodel import existing_versions, export_model
-from test_export_common import ImageNormalizer, keras_reference, numpy_normalize, tiny_model
+from test_export_common import keras_reference, numpy_normalize, tiny_segmenter
 
 # Loads a SavedModel in a process where `import kerasseg` fails, calls both signatures on the
 # arrays of an input .npz and writes every output (or the error text) to an output .npz.
@@ -38,18 +38,20 @@ import numpy as np, tensorflow as tf
 export, inp, outp = sys.argv[1:4]
 loaded = tf.saved_model.load(export)
 assert not any(m.startswith("kerasseg") for m in sys.modules)
-data = dict(np.load(inp))
+data = dict(np.load(inp, allow_pickle=True))
 res = {}
-raw = loaded.signatures["raw"](image=tf.constant(data.pop("raw")))
-for k, v in raw.items():
-    res["raw/" + k] = v.numpy()
 for name, x in data.items():
+    sig = name.split("__")[0]
+    arg = "image_bytes" if sig == "serving_bytes" else "image"
+    value = tf.constant(list(x), tf.string) if sig == "serving_bytes" else tf.constant(x)
     try:
-        out = loaded.signatures["serving_default"](image=tf.constant(x))
+        out = loaded.signatures[sig](**{arg: value})
         for k, v in out.items():
             res[name + "/" + k] = v.numpy()
     except tf.errors.InvalidArgumentError as exc:
         res[name + "/error"] = np.array(exc.message)
+    except (ValueError, TypeError) as exc:  # the signature's rank/dtype check, before the graph runs
+        res[name + "/rejected"] = np.array(str(exc))
 np.savez(outp, **res)
 print("OK", sorted(m for m in sys.modules if m.startswith("kerasseg")))
 """
@@ -57,13 +59,20 @@ print("OK", sorted(m for m in sys.modules if m.startswith("kerasseg")))
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(40, crf=True)
+    return tiny_segmenter(40, crf=True)
+
+
+@pytest.fixture(scope="module")
+def network(model):
+    from kerasseg.models import get_network
+
+    return get_network(model)
 
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
     base = tmp_path_factory.mktemp("serving") / "massseg"
-    path = export_model((model, ImageNormalizer()), base)
+    path = export_model(model, base)
     return base, path
 
 
@@ -103,8 +112,8 @@ def test_layout_and_versions(model, exported, tmp_path):
 def test_interrupted_export_leaves_no_version(model, tmp_path, monkeypatch):
     real = savedmodel._write_saved_model
 
-    def broken(module, path):
-        real(module, path)  # a complete write, then a crash before the rename
+    def broken(module, path, *args, **kwargs):
+        real(module, path, *args, **kwargs)  # a complete write, then a crash before the rename
         (Path(path) / "half").write_text("x")
         raise RuntimeError("disk full")
 
@@ -114,15 +123,6 @@ def test_interrupted_export_leaves_no_version(model, tmp_path, monkeypatch):
         export_model(model, base)
     assert list(base.iterdir()) == []  # neither a version folder nor the temporary one
     assert existing_versions(base) == []
-
-
-def test_enhancement_without_graph_form_is_rejected(model, tmp_path):
-    class Clahe(ImageNormalizer):
-        enhancement = "clahe"
-
-    with pytest.raises(KerassegError, match="clahe.*no TF graph form"):
-        export_model((model, Clahe()), tmp_path / "m")
-    assert not (tmp_path / "m" / "1").exists()
 
 
 def test_saved_model_cli_lists_signatures(exported):
@@ -142,24 +142,42 @@ def test_saved_model_cli_lists_signatures(exported):
             sigs[current] = []
         elif current:
             sigs[current].append(line)
-    assert {"serving_default", "raw"} <= set(sigs)
+    assert {"serving_default", "serving_4d", "serving_bytes"} <= set(sigs)
     serve = "\n".join(sigs["serving_default"])
-    raw = "\n".join(sigs["raw"])
-    assert "inputs['image'] tensor_info" in serve and "unknown_rank" in serve
+    four = "\n".join(sigs["serving_4d"])
+    byts = "\n".join(sigs["serving_bytes"])
+    # defined ranks (TF Serving conventions): [-1, -1, -1], [-1, -1, -1, 1], [-1] strings
+    assert "inputs['image'] tensor_info" in serve and "(-1, -1, -1)" in serve and "unknown_rank" not in serve
     assert "outputs['probability']" in serve and "outputs['mask']" in serve
     assert "DT_UINT8" in serve and "DT_FLOAT" in serve
-    assert "inputs['image']" in raw and "(-1, 40, 40, 1)" in raw
-    assert "outputs['net_probability']" in raw and "outputs['crf_probability']" in raw
+    assert "(-1, -1, -1, 1)" in four
+    assert "inputs['image_bytes']" in byts and "DT_STRING" in byts and "shape: (-1)" in byts
 
 
-def test_loads_without_kerasseg_and_matches_keras(model, exported, rois, tmp_path, rng):
+def _png(arr):
+    import tensorflow as tf
+
+    return tf.io.encode_png(tf.constant(arr)).numpy()
+
+
+def test_loads_without_kerasseg_and_matches_keras(model, network, exported, rois, tmp_path, rng):
     _, path = exported
     x40 = rois[:3].astype(np.float32)
-    xraw = numpy_normalize(x40).astype(np.float32)[..., None]
     odd = rng.normal(100, 20, size=(2, 57, 33)).astype(np.float32)
+    g8 = rng.integers(0, 255, (2, 40, 40, 1), dtype=np.uint8)
+    g16 = rng.integers(0, 65535, (2, 44, 41, 1), dtype=np.uint16)
+    rgb = rng.integers(0, 255, (1, 40, 40, 3), dtype=np.uint8)
+    nan = x40.copy()
+    nan[0, 3, 4] = np.nan
     inp = tmp_path / "in.npz"
-    np.savez(inp, raw=xraw, x40=x40, x40c=x40[..., None], odd=odd,
-             rank2=x40[0], rank1=x40[0, 0], rank5=x40[None, ..., None], chan3=np.repeat(x40[..., None], 3, axis=-1), empty=np.zeros((1, 0, 5), np.float32))
+    obj = lambda items: np.array(items, dtype=object)  # noqa: E731
+    np.savez(inp, serving_default__x40=x40, serving_4d__x40c=x40[..., None], serving_default__odd=odd,
+             serving_default__rank2=x40[0], serving_default__rank4=x40[..., None],
+             serving_default__empty=np.zeros((0, 40, 40), np.float32),
+             serving_default__small=np.zeros((1, 7, 40), np.float32), serving_default__nan=nan,
+             serving_bytes__g8=obj([_png(a) for a in g8]), serving_bytes__g16=obj([_png(a) for a in g16]),
+             serving_bytes__rgb=obj([_png(rgb[0])]), serving_bytes__junk=obj([b"not an image at all"]),
+             serving_bytes__mixed=obj([_png(g8[0]), _png(g16[0])]))
     script = tmp_path / "load.py"
     script.write_text(BLOCKED_LOADER)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -170,41 +188,97 @@ def test_loads_without_kerasseg_and_matches_keras(model, exported, rois, tmp_pat
     assert "OK []" in proc.stdout
     res = dict(np.load(tmp_path / "out.npz"))
 
-    ref = model(xraw, training=False)
-    np.testing.assert_allclose(res["raw/net_probability"], np.asarray(ref["net"]), atol=1e-5)
-    np.testing.assert_allclose(res["raw/crf_probability"], np.asarray(ref["crf"]), atol=1e-5)
+    expected = keras_reference(network, x40, "crf")  # float64 normalisation, network in inference mode
+    xn = numpy_normalize(x40).astype(np.float32)[..., None]
     # dropout is active in training mode, so this would fail if the export ran in training mode
-    assert not np.allclose(np.asarray(model(xraw, training=True)["net"]), res["raw/net_probability"], atol=1e-3)
-
-    expected = keras_reference(model, x40, "crf")
-    for key in ("x40", "x40c"):
+    assert not np.allclose(np.asarray(network(xn, training=True)["crf"])[..., 1], expected, atol=1e-3)
+    for key in ("serving_default__x40", "serving_4d__x40c"):
         prob = res[f"{key}/probability"]
         assert prob.shape == (3, 40, 40) and prob.dtype == np.float32
         np.testing.assert_allclose(prob, expected, atol=1e-5)
         np.testing.assert_array_equal(res[f"{key}/mask"], (prob >= 0.5).astype(np.uint8))
         assert res[f"{key}/mask"].dtype == np.uint8
-    m = res["x40/mask"]
+    m = res["serving_default__x40/mask"]
     assert 0 < m.sum() < m.size  # non-trivial masks
 
-    assert res["odd/probability"].shape == (2, 57, 33) and res["odd/mask"].shape == (2, 57, 33)
-    assert np.all((res["odd/probability"] >= 0) & (res["odd/probability"] <= 1))
-    for bad in ("rank2", "rank1", "rank5", "chan3"):
-        assert "must be float32 [batch, height, width]" in str(res[f"{bad}/error"])
-    assert "height and width must be > 0" in str(res["empty/error"])
+    assert res["serving_default__odd/probability"].shape == (2, 57, 33)
+    assert np.all((res["serving_default__odd/probability"] >= 0) & (res["serving_default__odd/probability"] <= 1))
+    # bytes: decoded in the graph to the raw stored values (8 and 16 bit), RGB by the BT.709 weights
+    from kerasseg.data.imageio import RGB_TO_GREY
+
+    for key, arr in (("g8", g8[..., 0]), ("g16", g16[..., 0]),
+                     ("rgb", (rgb.astype(np.float64) @ np.asarray(RGB_TO_GREY)).astype(np.float32))):
+        direct = model.predict(arr.astype(np.float32)[..., None], verbose=0)["crf"][..., 1]
+        prob = res[f"serving_bytes__{key}/probability"]
+        assert prob.shape == arr.shape
+        if arr.shape[1:] == (40, 40):
+            np.testing.assert_allclose(prob, direct, atol=1e-5)
+    # the graph's checks name the input and the contract (a loaded signature does not check the rank)
+    for bad in ("rank2", "rank4"):
+        assert "Shape of tensor image" in str(res[f"serving_default__{bad}/error"])
+        assert "is not compatible with expected shape [?,?,?]" in str(res[f"serving_default__{bad}/error"])
+    for bad in ("empty", "small", "nan"):
+        msg = str(res[f"serving_default__{bad}/error"])
+        assert "input image must be float32 [batch, height, width]" in msg and "height and width >= 8" in msg
+    assert "input image_bytes must hold encoded PNG" in str(res["serving_bytes__junk/error"])
+    assert "same height and width" in str(res["serving_bytes__mixed/error"])
 
 
-def test_any_size_follows_resize_reference(model, exported, rng):
-    """serving_default on 57x33 = bicubic resize -> normalise -> model -> bilinear resize back (TF image ops)."""
+def test_any_size_follows_resize_reference(model, network, exported, rng):
+    """serving_default on 57x33 = the one resize -> normalise -> network -> bilinear resize back."""
     import tensorflow as tf
+
+    from kerasseg.data import transforms
 
     _, path = exported
     loaded = tf.saved_model.load(str(path))
     x = rng.normal(100, 20, size=(2, 57, 33)).astype(np.float32)
     out = loaded.signatures["serving_default"](image=tf.constant(x))
-    small = tf.image.resize(x[..., None], (40, 40), method="bicubic").numpy()[..., 0]
-    prob40 = keras_reference(model, small, "crf")
-    back = tf.image.resize(prob40[..., None], (57, 33), method="bilinear").numpy()[..., 0]
+    small = tf.image.resize(x[..., None], (40, 40), method="bicubic", antialias=True).numpy()[..., 0]
+    np.testing.assert_allclose(transforms.resize(x, 40).numpy(), small, atol=1e-4)
+    prob40 = keras_reference(network, small, "crf")
+    back = tf.image.resize(prob40[..., None], (57, 33), method="bilinear", antialias=True).numpy()[..., 0]
     np.testing.assert_allclose(out["probability"].numpy(), back, atol=1e-5)
+
+
+def test_warmup_requests_and_model_card(model, exported):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, path = exported
+    loaded = tf.saved_model.load(str(path))
+    records = list(tf.data.TFRecordDataset(str(path / "assets.extra" / "tf_serving_warmup_requests")))
+    assert len(records) >= 3
+    seen = set()
+    for rec in records:
+        log = prediction_log_pb2.PredictionLog.FromString(rec.numpy())
+        req = log.predict_log.request
+        sig = req.model_spec.signature_name
+        assert req.model_spec.name == "massseg"
+        seen.add(sig)
+        args = {k: tf.make_ndarray(v) for k, v in req.inputs.items()}
+        if sig == "serving_bytes":
+            args = {k: tf.constant(list(v.reshape(-1)), tf.string) for k, v in args.items()}
+        out = loaded.signatures[sig](**{k: tf.constant(v) for k, v in args.items()})
+        assert set(out) == {"probability", "mask"}
+    assert seen == set(savedmodel.SIGNATURES)
+    card = json.loads((path / "assets" / "model_card.json").read_text())
+    assert card["input_contract"]["model_size"] == 40
+    assert card["input_contract"]["final_output"] == "crf"
+    assert card["input_contract"]["preprocessing"]["normalization"] == "image"
+    assert {"versions", "metrics", "data_hash", "config"} <= set(card)
+
+
+def test_graph_has_only_standard_ops(exported):
+    """Every op of every signature (and its functions) is a registered core TF op, none XLA-only."""
+    from tensorflow.python.framework import op_def_registry
+
+    _, path = exported
+    ops = savedmodel.graph_ops(path)
+    assert {"ScaleAndTranslate", "DecodePng"} & ops  # the resize and the bytes decoder are in the graph
+    unknown = sorted(op for op in ops if op_def_registry.get(op) is None)
+    assert unknown == []
+    assert sorted(op for op in ops if op.startswith(("Xla", "_Xla")) or "PyFunc" in op) == []
 
 
 def _rest_predict(loaded, body_text):
@@ -241,20 +315,23 @@ def test_rest_body_round_trip(model, exported, rois):
     direct = loaded.signatures["serving_default"](image=tf.constant(roi[None]))["probability"].numpy()[0]
     np.testing.assert_allclose(prob, direct, atol=1e-6)  # JSON float round trip keeps the values
 
-    x = numpy_normalize(rois[:1]).astype(np.float32)[..., None]
-    body = json.dumps({"signature_name": "raw", "inputs": {"image": x.tolist()}})
-    resp = _rest_predict(loaded, body)
-    assert set(resp["outputs"]) == {"net_probability", "crf_probability"}
-    net = np.asarray(resp["outputs"]["net_probability"])
-    assert net.shape == (1, 40, 40, 2)
-    np.testing.assert_allclose(net, np.asarray(model(x, training=False)["net"]), atol=1e-5)
+    # serving_bytes in REST's column format: {"inputs": {"image_bytes": [{"b64": ...}]}}
+    import base64
+
+    png = _png(np.clip(roi, 0, 65535).astype(np.uint16)[..., None])
+    body = json.dumps({"signature_name": "serving_bytes",
+                       "inputs": {"image_bytes": [{"b64": base64.b64encode(png).decode()}]}})
+    req = json.loads(body)["inputs"]["image_bytes"]
+    out = loaded.signatures["serving_bytes"](image_bytes=tf.constant([base64.b64decode(r["b64"]) for r in req]))
+    ref = loaded.signatures["serving_default"](image=tf.constant(np.clip(roi, 0, 65535).astype(np.uint16)[None].astype(np.float32)))
+    np.testing.assert_allclose(out["probability"].numpy(), ref["probability"].numpy(), atol=1e-6)
 
 
 def test_docs_rest_example_matches_signature():
     doc = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
     text = doc.read_text()
     assert "/v1/models/massseg:predict" in text
-    assert '{"instances"' in text and '"predictions"' in text and '"signature_name": "raw"' in text
+    assert '{"instances"' in text and '"predictions"' in text and '"signature_name": "serving_bytes"' in text and '"b64"' in text
     assert "--model_base_path" in text and "tensorflow/serving" in text
 
 

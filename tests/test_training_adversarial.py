@@ -9,7 +9,7 @@ from kerasseg.training.strategy import cpu_mirrored_strategy
 
 from kerasseg.training import losses
 from kerasseg.training.adversarial import SegmentationModel, fgm_perturbation
-from kerasseg.training.metrics import dice_per_image
+from kerasseg.training.metrics import binarize, dice_per_image
 
 
 def tiny_net(crf=False, size=12, seed=0, ignore_input=False):
@@ -118,7 +118,7 @@ def test_metrics_are_true_values(rng):
     hist = model.fit(x, y, batch_size=4, epochs=1, verbose=0, validation_data=(x, y))
     out = net(x, training=False)
     want_loss = (0.5 * np_nll(y, out["net"].numpy()) + 0.5 * np_nll(y, out["crf"].numpy())).mean()
-    p = out["crf"].numpy()[..., 1] > 0.5
+    p = out["crf"].numpy().astype(np.float64)[..., 1] >= 0.5  # the one threshold: >= 0.5
     t = y[..., 1] > 0.5
     inter = (p & t).sum((1, 2))
     den = p.sum((1, 2)) + t.sum((1, 2))
@@ -127,7 +127,9 @@ def test_metrics_are_true_values(rng):
     assert hist.history["val_loss"][0] == pytest.approx(want_loss, rel=1e-5)
     assert hist.history["dice"][0] == pytest.approx(want_dice, abs=1e-6)
     assert hist.history["val_dice"][0] == pytest.approx(want_dice, abs=1e-6)
-    np.testing.assert_allclose(dice_per_image(y, out["crf"]).numpy().mean(), want_dice, atol=1e-6)
+    np.testing.assert_array_equal(binarize(out["crf"].numpy()[..., 1]), p.astype(np.uint8))
+    got = np.asarray(dice_per_image(binarize(out["crf"][..., 1]), y[..., 1]))
+    np.testing.assert_allclose(got, np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0), atol=1e-6)
 
 
 def _one_step(strategy, weights, x, y, **kw):

@@ -21,7 +21,8 @@ def test_otsu_dice_matches_reference(rng):
     images = masks * 2.0 + rng.normal(scale=0.8, size=masks.shape)
     images[4] *= 50.0  # intensity scale must not matter
     want = np.mean([np_dice(img > threshold_otsu(img), m) for img, m in zip(images, masks)])
-    assert otsu_dice(images, masks) == pytest.approx(want, abs=1e-12)
+    # the library's one Dice (kerasseg.training.metrics.dice_per_image) runs in float32
+    assert otsu_dice(images, masks) == pytest.approx(want, rel=1e-6, abs=1e-7)
     assert 0.5 < want < 1.0
     # bright = mass: an inverted image scores low
     assert otsu_dice(-images, masks) < 0.5
@@ -33,13 +34,21 @@ def test_prior_dice_matches_reference():
     train = np.zeros((4, 10, 10), np.uint8)
     train[:3, 2:8, 2:8] = 1          # 3 of 4 cover the centre -> prior = centre square
     train[3, 0:3, 0:3] = 1
+    train[:2, 8:10, 2:8] = 1         # 2 of 4: mean exactly 0.5, in the prior (threshold >= 0.5)
     test = np.zeros((2, 10, 10), np.uint8)
-    test[0, 2:8, 2:8] = 1
+    test[0, 2:10, 2:8] = 1
     test[1, 5:10, 5:10] = 1
-    prior = train.mean(0) > 0.5
+    mean = train.astype(np.float64).mean(0)
+    prior = mean >= 0.5
+    assert prior.sum() == 8 * 6 and (mean == 0.5).sum() == 2 * 6
     want = (np_dice(prior, test[0]) + np_dice(prior, test[1])) / 2
-    assert prior_dice(train, test) == pytest.approx(want, abs=1e-12)
+    # the library's one Dice (kerasseg.training.metrics.dice_per_image) runs in float32
+    assert prior_dice(train, test) == pytest.approx(want, rel=1e-6, abs=1e-7)
     assert np_dice(prior, test[0]) == 1.0
+    # the old strict threshold (> 0.5) would leave the 0.5 rows out and score differently
+    strict = mean > 0.5
+    want_strict = (np_dice(strict, test[0]) + np_dice(strict, test[1])) / 2
+    assert abs(want_strict - want) > 1e-3
 
 
 def test_baseline_shape_errors():

@@ -31,12 +31,14 @@ def tiny_npz(tmp_path_factory):
     return str(save_npz(ds, tmp_path_factory.mktemp("data") / "tiny.npz"))
 
 
-def small_cfg(tmp_path, base="crunet-unet", model=None, **train):
+def small_cfg(tmp_path, base="crunet-unet", model=None, data=None, **train):
     """A fast variant of a shipped config (small filters, batch 8)."""
     t = {"batch_size": 8, **train}
     m = {"filters": [4, 8], **(model or {})}
     text = (f"extends: {base}\nname: tiny\nmodel: {json.dumps(m)}\n"
             f"train: {json.dumps(t)}\n")
+    if data:
+        text += f"data: {json.dumps(data)}\n"
     p = tmp_path / "tiny.yaml"
     p.write_text(text)
     return str(p)
@@ -62,7 +64,7 @@ def test_each_config_learns(name, learn_batch):
     import keras
 
     from kerasseg.config import resolve_config
-    from kerasseg.data.pipeline import Normalizer
+    from kerasseg.layers import ImagePreprocessor
     from kerasseg.layers.prior import prior_from_masks
     from kerasseg.training import build_training_model
     from kerasseg.training.losses import l2_penalty, per_example_loss
@@ -75,7 +77,9 @@ def test_each_config_learns(name, learn_batch):
     elif cfg["model"]["dropout"]:
         cfg["model"]["dropout"] = 0.0
     d = cfg["data"]
-    x = Normalizer(d["normalization"], d["enhancement"]).fit(ds.images)(ds.images)[..., None]
+    pre = ImagePreprocessor(40, enhancement=d["enhancement"], normalization=d["normalization"])
+    pre.adapt(ds.images)
+    x = pre.transform(ds.images)  # what fit trains the network on: (N, 40, 40, 1)
     model = build_training_model(cfg, 40, prior_from_masks(ds.masks))
     lam, l2 = cfg["loss"]["lambda"], cfg["loss"]["l2"]
 
@@ -101,19 +105,32 @@ def test_each_config_learns(name, learn_batch):
                                       rel=1e-4)
 
 
+def _np_clahe(raw, clip_limit=0.01):
+    """Independent reference of the 'clahe' enhancement: scikit-image on the ROI scaled to [0, 1]
+    (scaled in float64, given to skimage as float32 like the model's own float32 pixels)."""
+    from skimage import exposure
+
+    x = np.asarray(raw, np.float64)
+    lo, hi = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+    x01 = ((x - lo) / (hi - lo)).astype(np.float32)
+    return np.stack([exposure.equalize_adapthist(i, clip_limit=clip_limit) for i in x01]).astype(np.float64)
+
+
 def test_fit_cli_and_load_run(tmp_path, tiny_npz):
     from kerasseg.cli.main import cli
     from kerasseg.training import load_run
 
     out = tmp_path / "run"
-    cfg = small_cfg(tmp_path)
+    # position normalisation after CLAHE: the fitted statistics must travel inside model.keras
+    cfg = small_cfg(tmp_path, data={"normalization": "position", "enhancement": "clahe"})
     res = CliRunner().invoke(cli, ["fit", cfg, "--data", tiny_npz, "--out", str(out),
                                    "--epochs", "2", "--seed", "1"])
     assert res.exit_code == 0, res.output
     assert "val Dice" in res.output and str(out) in res.output
     assert "Otsu threshold" in res.output and "mean training mask" in res.output
-    for f in ("config.yaml", "model.keras", "normalizer.json", "history.csv", "run.json"):
+    for f in ("config.yaml", "model.keras", "history.csv", "run.json"):
         assert (out / f).is_file(), f
+    assert not (out / "normalizer.json").exists()   # the preprocessing lives in model.keras
     assert not (out / "backup").exists()
     assert list((out / "tb").rglob("events.out.tfevents*"))
     hist = read_history(out / "history.csv")
@@ -130,11 +147,30 @@ def test_fit_cli_and_load_run(tmp_path, tiny_npz):
     assert run["best_epoch"] == best["epoch"]
     # the saved model is the best-validation epoch's: its val Dice matches the history
     assert run["val_dice"] == pytest.approx(best["val_dice"], abs=1e-4)
-    model, norm, cfg_loaded = load_run(out)
-    ds = np.load(tiny_npz)
-    pred = model(norm(ds["images"][:2])[..., None])
-    assert set(pred) == {"net"} and pred["net"].shape == (2, 40, 40, 2)
+    from kerasseg.models import get_network, get_preprocessor
+
+    model, cfg_loaded = load_run(out)
     assert cfg_loaded["train"]["seed"] == 1 and cfg_loaded["model"]["filters"] == [4, 8]
+    assert cfg_loaded["data"]["normalization"] == "position" and cfg_loaded["data"]["enhancement"] == "clahe"
+    data = load_npz(tiny_npz)
+    # the reloaded model's preprocessor: CLAHE, then the position mean/std maps of the enhanced
+    # TRAIN ROIs (float64 statistics, std floored at 1e-6), independent of the val/test ROIs
+    pre = get_preprocessor(model)
+    assert pre is not None and pre.size == 40 and pre.mode == "position" and pre.enhancement == "clahe"
+    enh_train = _np_clahe(data.subset("train").images)
+    mean_ref = enh_train.mean(axis=0)
+    std_ref = np.maximum(enh_train.std(axis=0), 1e-6)
+    np.testing.assert_allclose(np.asarray(pre.normalize.mean), mean_ref, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pre.normalize.std), std_ref, atol=1e-5)
+    enh_all = _np_clahe(data.images)
+    assert np.abs(enh_all.mean(axis=0) - mean_ref).max() > 1e-3   # all splits would give other maps
+    # the saved model on RAW ROIs = its network on the reference-preprocessed ROIs
+    raw = data.images[:3]
+    z = (_np_clahe(raw) - mean_ref) / std_ref
+    pred = model(raw[..., None], training=False)
+    assert set(pred) == {"net"} and pred["net"].shape == (3, 40, 40, 2)
+    ref = get_network(model)(z.astype(np.float32)[..., None], training=False)["net"]
+    np.testing.assert_allclose(np.asarray(pred["net"]), np.asarray(ref), atol=1e-4)
     # same command on a finished run: a clear error, not an overwrite
     res = CliRunner().invoke(cli, ["fit", cfg, "--data", tiny_npz, "--out", str(out)])
     assert res.exit_code != 0 and "Error:" in res.output and "finished run" in res.output

@@ -1,7 +1,7 @@
 """The tf.data input pipeline used by training and evaluation.
 
-Images arrive already normalised (see :class:`Normalizer`, re-exported here from
-:mod:`kerasseg.data.preprocess`). For training, every ROI appears in all four orientations of
+Images arrive already preprocessed (by the model's own
+:class:`~kerasseg.layers.ImagePreprocessor`, fitted on the training split). For training, every ROI appears in all four orientations of
 the papers' flip augmentation (identity, horizontal, vertical, both) in every epoch, and the 4N
 examples are shuffled with the seed (a new, deterministic order each epoch).
 """
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerasseg.data.preprocess import ENHANCEMENTS, MODES, Normalizer, fit_normalizer  # noqa: F401
 from kerasseg.errors import KerassegError
 
-__all__ = ["Normalizer", "fit_normalizer", "make_tf_dataset", "flip_augment", "ORIENTATIONS"]
+__all__ = ["make_tf_dataset", "flip_augment", "ORIENTATIONS"]
 
 #: order of the four orientations produced by :func:`flip_augment` and the training pipeline
 ORIENTATIONS = ("identity", "hflip", "vflip", "hvflip")

@@ -5,7 +5,9 @@ As in both papers (ROIs "extracted with rectangular bounding boxes and then resi
 
 - the box is the tight bounding box of the mask (``margin=0``); ``margin`` enlarges it by that
   fraction of its width (left and right) and height (top and bottom), clipped to the image;
-- the image crop is resized bicubically (order 3, anti-aliased when shrinking);
+- the image crop is resized bicubically, anti-aliased when shrinking, with the TensorFlow op of
+  :func:`kerasseg.data.transforms.resize` -- the one resize of kerasseg, also run by the saved
+  model's :class:`~kerasseg.layers.Resize` layer, so a served raw crop gets the same pixels;
 - the mask crop is resized as float (bilinear, anti-aliased when shrinking) and thresholded at
   0.5, which keeps its area fraction;
 - ``boxes`` are ``(x0, y0, x1, y1)`` in original pixel coordinates, x = column, end-exclusive
@@ -18,8 +20,6 @@ As in both papers (ROIs "extracted with rectangular bounding boxes and then resi
 from __future__ import annotations
 
 import numpy as np
-from skimage.transform import resize
-
 from kerasseg.errors import KerassegError
 
 
@@ -44,23 +44,19 @@ def expand_box(box, margin: float, shape) -> tuple[int, int, int, int]:
 
 
 def resize_image(img: np.ndarray, size: int) -> np.ndarray:
-    """Bicubic resize to ``size x size`` (float32)."""
-    img = np.asarray(img, dtype=np.float64)
-    if img.shape == (size, size):
-        return img.astype(np.float32)
-    shrink = img.shape[0] > size or img.shape[1] > size
-    out = resize(img, (size, size), order=3, mode="edge", anti_aliasing=shrink, preserve_range=True)
-    return out.astype(np.float32)
+    """One image (H, W) to ``size x size`` with :func:`kerasseg.data.transforms.resize` (bicubic,
+    anti-aliased when shrinking: the same op the saved model's ``Resize`` layer runs); float32."""
+    from kerasseg.data import transforms
+
+    return np.asarray(transforms.resize(np.asarray(img, np.float32)[None], size))[0]
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize a binary mask as float and threshold at 0.5 (uint8 in {0, 1})."""
-    m = np.asarray(mask, dtype=np.float64)
-    if m.shape == (size, size):
-        return (m >= 0.5).astype(np.uint8)
-    shrink = m.shape[0] > size or m.shape[1] > size
-    out = resize(m, (size, size), order=1, mode="edge", anti_aliasing=shrink, preserve_range=True)
-    return (out >= 0.5).astype(np.uint8)
+    """One binary mask (H, W) to ``size x size`` with :func:`kerasseg.data.transforms.resize_mask`
+    (bilinear as float, anti-aliased when shrinking, then ``>= 0.5``); uint8 in {0, 1}."""
+    from kerasseg.data import transforms
+
+    return np.asarray(transforms.resize_mask(np.asarray(mask, np.float32)[None], size))[0].astype(np.uint8)
 
 
 def extract_roi(image: np.ndarray, mask: np.ndarray, *, size: int = 40, margin: float = 0.0,

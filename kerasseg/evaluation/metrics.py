@@ -58,9 +58,12 @@ def confusion(pred, gt):
 
 
 def dice(pred, gt) -> float:
-    """Dice = 2TP / (2TP + FP + FN); 1 when both masks are empty."""
-    tp, fp, fn, _ = confusion(pred, gt)
-    return _ratio(2 * tp, 2 * tp + fp + fn, both_empty=(tp + fp + fn == 0))
+    """Dice = 2TP / (2TP + FP + FN); 1 when both masks are empty (the one definition,
+    :func:`kerasseg.training.metrics.dice_per_image`, on one image)."""
+    from kerasseg.training.metrics import dice_per_image
+
+    p, g = _pair(pred, gt)
+    return float(np.asarray(dice_per_image(p[None], g[None]))[0])
 
 
 def iou(pred, gt) -> float:
@@ -200,8 +203,11 @@ def per_image_metrics(preds, gts, spacing_mm=None) -> dict:
         if spacing_mm.shape != (n,):
             raise KerassegError(f"spacing_mm must have shape ({n},), got {spacing_mm.shape}")
         out["hd95_mm"] = np.zeros(n, np.float64)
+    if n:
+        from kerasseg.training.metrics import dice_per_image
+
+        out["dice"][:] = np.asarray(dice_per_image(preds.astype(bool), gts.astype(bool)), np.float64)
     for i, (p, g) in enumerate(zip(preds, gts)):
-        out["dice"][i] = dice(p, g)
         out["iou"][i] = iou(p, g)
         out["sensitivity"][i] = sensitivity(p, g)
         out["precision"][i] = precision(p, g)

@@ -26,8 +26,8 @@ from kerasseg.fileio import atomic_write
 from kerasseg.evaluation import metrics as M
 from kerasseg.evaluation import plots
 from kerasseg.evaluation import stats as S
+from kerasseg.training.metrics import THRESHOLD, binarize  # the one threshold
 
-THRESHOLD = 0.5
 METRIC_KEYS = ("dice_mean", "dice_std", "dice_pooled", "iou_mean", "hd95_px_mean", "hd95_mm_mean",
                "sensitivity_mean", "precision_mean", "trimap_accuracy", "n", "split", "data_hash")
 FIGURES = ("dice_hist.png", "contours.png", "trimap.png")
@@ -78,37 +78,15 @@ def _make_dir(out_dir) -> Path:
 
 
 # ------------------------------------------------------------------ loading a model
-class _Identity:
-    def __call__(self, images):
-        return np.asarray(images, np.float32)
-
-
-def _unwrap(model):
-    """The plain network inside a training wrapper (SegmentationModel keeps it as ``.net``)."""
-    import keras
-
-    inner = getattr(model, "net", None)
-    return inner if isinstance(inner, keras.Model) else model
-
-
-def _load_source(run_or_model, normalizer):
-    """(model, normalizer, config, run_dir or None, label)."""
-    model, norm, config, run_dir, label = _load_source_raw(run_or_model, normalizer)
-    return _unwrap(model), norm, config, run_dir, label
-
-
-def _load_source_raw(run_or_model, normalizer):
+def _load_source(run_or_model):
+    """(segmenter, config, run_dir or None, label)."""
     import keras
 
     from kerasseg.training.run import load_model_source
 
-    model, norm, config, run_dir = load_model_source(run_or_model)
-    if isinstance(run_or_model, keras.Model):
-        return model, normalizer or _Identity(), {}, None, getattr(model, "name", "model")
-    if normalizer is None and norm is None:
-        raise KerassegError("no normalizer.json beside the model; pass the run directory instead",
-                            run_or_model)
-    return model, normalizer or norm, config, run_dir, str(run_or_model)
+    model, config, run_dir = load_model_source(run_or_model)
+    label = getattr(run_or_model, "name", "model") if isinstance(run_or_model, keras.Model) else str(run_or_model)
+    return model, config, run_dir, label
 
 
 def _final_key(model, outputs) -> str:
@@ -123,26 +101,14 @@ def _final_key(model, outputs) -> str:
     return "crf" if "crf" in outputs else "net"
 
 
-def _input_size(model):
-    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
-    if shape is None or len(shape) < 3:
-        return None
-    return tuple(None if s is None else int(s) for s in shape[1:3])
-
-
 def predict_probabilities(model, images, batch_size=32, verbose=True) -> tuple[np.ndarray, str]:
-    """Mass probability maps (N,H,W) float32 of already-normalised images, and the output key used."""
-    x = np.asarray(images, np.float32)[..., None]
-    out = model.predict(x, batch_size=batch_size, verbose=1 if verbose else 0)
-    if isinstance(out, dict):
-        key = _final_key(model, out)
-        probs = np.asarray(out[key])
-    else:
-        key = "output"
-        probs = np.asarray(out)
-    if probs.ndim != 4 or probs.shape[-1] != 2:
-        raise KerassegError(f"model output {key!r} has shape {probs.shape}; expected (N, H, W, 2)")
-    return probs[..., 1].astype(np.float32), key
+    """Mass probability maps (N,H,W) float32 of raw ROIs (N,H,W) through the one inference graph
+    (:func:`kerasseg.models.segmenter.segment_function`, the same one export serves), and the
+    output key used."""
+    from kerasseg.models.segmenter import predict_probability, segment_function
+
+    fn = segment_function(model)
+    return predict_probability(fn, images, batch_size=batch_size, progress=verbose), fn.final_key
 
 
 def _default_data(config, run_dir):
@@ -174,7 +140,7 @@ def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, 
         raise KerassegError(f"{len(ids)} ids for {len(prob)} images")
     if len(prob) == 0:
         raise KerassegError(f"no ROIs to evaluate in split {split!r}")
-    pred = (prob >= THRESHOLD).astype(np.uint8)
+    pred = binarize(np.asarray(prob))
     summary, per = M.summarize(pred, masks, spacing_mm)
     out = _make_dir(out_dir)
     result = {
@@ -251,7 +217,7 @@ def format_summary(m: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, normalizer=None,
+def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *,
                  batch_size=32, figures=True, verbose=True) -> dict:
     """Evaluate a run directory (or a ``.keras`` file / ``keras.Model``) on one split of a dataset.
 
@@ -263,23 +229,24 @@ def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, normali
 
     if split not in SPLITS:  # before the (slow) model loading
         raise KerassegError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-    model, norm, config, run_dir, label = _load_source(run_or_model, normalizer)
+    from kerasseg.models.segmenter import model_size
+
+    model, config, run_dir, label = _load_source(run_or_model)
     if data is None:
         data = _default_data(config, run_dir)
     ds = data if isinstance(data, ROIDataset) else load_data(data)
     full_hash = ds.data_hash()
     sub = ds.subset(split)
-    size = _input_size(model)
-    if size is not None and None not in size and size != sub.images.shape[1:]:
+    size = model_size(model)
+    if (size, size) != sub.images.shape[1:]:
         raise KerassegError(
-            f"data ROIs are {sub.images.shape[1]}x{sub.images.shape[2]} but the model expects "
-            f"{size[0]}x{size[1]}; prepare the data with the model's ROI size")
+            f"data ROIs are {sub.images.shape[1]}x{sub.images.shape[2]} but the model computes at "
+            f"{size}x{size} (its masks are compared at that size); prepare the data with the model's ROI size")
     if out_dir is None:
         if run_dir is None:
             raise KerassegError("an output folder (--out) is needed when evaluating a model file")
         out_dir = run_dir / f"eval-{split}"
-    x = norm(sub.images)
-    prob, key = predict_probabilities(model, x, batch_size=batch_size, verbose=verbose)
+    prob, key = predict_probabilities(model, sub.images, batch_size=batch_size, verbose=verbose)
     return evaluate_arrays(
         prob, sub.masks, sub.ids, out_dir, images=sub.images, spacing_mm=sub.spacing_mm, split=split,
         data_hash=full_hash, model_label=str(config.get("name") or label), run=run_dir or label,

@@ -1,6 +1,7 @@
 """kerasseg.export: TF Serving export and prediction on DICOM/PNG/TIFF/.npz inputs."""
 
-from kerasseg.export.savedmodel import build_serving_module, existing_versions, export_model, find_export, load_source
+from kerasseg.export.savedmodel import (SIGNATURES, build_serving_module, existing_versions, export_model,
+                                       find_export, graph_ops, load_source)
 from kerasseg.export.predict import Segmenter, predict_image, predict_inputs, predict_npz
 
 __all__ = [

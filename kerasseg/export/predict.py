@@ -25,7 +25,11 @@ from kerasseg.errors import KerassegError
 
 # --------------------------------------------------------------------------- the segmenter
 class Segmenter:
-    """Wraps a run dir / ``.keras`` file / TF Serving export as ``images (B,h,w) -> (prob, mask)``."""
+    """Wraps a run dir / ``.keras`` file / TF Serving export as ``images (B,h,w) -> (prob, mask)``.
+
+    A run or ``.keras`` file runs the very function that export saves as ``serving_default``
+    (:func:`kerasseg.export.savedmodel.build_serving_module`); an export runs its loaded signature.
+    """
 
     def __init__(self, source, batch_size: int = 32):
         from kerasseg.export.savedmodel import build_serving_module, find_export, load_source
@@ -43,8 +47,8 @@ class Segmenter:
                 raise KerassegError(f"cannot load SavedModel: {str(exc).splitlines()[0]}", export) from None
             self.kind = "export"
         else:
-            model, normalizer = load_source(source)
-            self._module = build_serving_module(model, normalizer, source=source if isinstance(source, (str, Path)) else None)
+            model, _config, _run = load_source(source)
+            self._module = build_serving_module(model)
             self._fn = self._module.serve
             self.kind = "keras"
 
@@ -59,8 +63,10 @@ class Segmenter:
             raise KerassegError(
                 f"images must be [batch, height, width] or [batch, height, width, 1], got shape {tuple(x.shape)}"
             )
-        if x.shape[1] == 0 or x.shape[2] == 0:
-            raise KerassegError(f"images must be non-empty, got shape {tuple(x.shape)}")
+        from kerasseg.export.savedmodel import MIN_SIDE
+
+        if x.shape[1] < MIN_SIDE or x.shape[2] < MIN_SIDE:
+            raise KerassegError(f"ROI crops must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got shape {tuple(x.shape)}")
         if not np.all(np.isfinite(x)):
             raise KerassegError("images contain NaN or infinite values")
         probs, masks = [], []

@@ -1,177 +1,240 @@
-"""Export a trained model as a TF Serving SavedModel.
+"""Export a trained segmenter as a TF Serving SavedModel.
 
 The exported folder follows TF Serving's layout ``BASE/NAME/<version>/`` (``saved_model.pb``,
-``variables/``, ``assets/``) and holds two signatures built from core TF ops only, so a stock
-``tensorflow_model_server`` (no Python, no kerasseg) serves it:
+``variables/``, ``assets/model_card.json``, ``assets.extra/tf_serving_warmup_requests``). Every
+signature runs the same graph as ``kerasseg evaluate`` and ``predict``: the saved model's own
+preprocessing layers (resize to the model size, enhancement, normalisation), the network (+ CRF
+with its inference iteration count), the final mass probability resized back to the crop size
+(bilinear, :func:`kerasseg.data.transforms.resize`) and the one threshold (``>= 0.5``). Only core
+TF ops (checked by :func:`graph_ops`), so a stock ``tensorflow_model_server`` serves it.
 
 ``serving_default``
-    input ``image`` float32 ``[batch, height, width]`` (a trailing channel axis of size 1 is
-    accepted too) of ROI crops of any size. In the graph: bicubic resize to the model size, the
-    run's normalisation (``image``/``position``/``none``), the network (+ CRF with its inference
-    iteration count) in inference mode, the final mass probability resized back (bilinear).
-    Outputs ``probability`` float32 ``[batch, height, width]`` and ``mask`` uint8 (probability >= 0.5).
-``raw``
-    input ``image`` float32 ``[batch, S, S, 1]`` already normalised at the model size ``S``;
-    outputs ``net_probability`` and (with a CRF) ``crf_probability``, float32 ``[batch, S, S, 2]``.
+    input ``image`` float32 ``[batch, height, width]``: raw ROI crops, any size >= 8 x 8.
+``serving_4d``
+    input ``image`` float32 ``[batch, height, width, 1]`` (the same with a channel axis).
+``serving_bytes``
+    input ``image_bytes`` string ``[batch]``: encoded PNG (8 or 16 bit, grey or RGB(A)), JPEG or BMP
+    crops of one size (REST clients send ``{"b64": ...}``), decoded in the graph with the one
+    RGB-to-grey rule of :mod:`kerasseg.data.imageio`.
+
+All three output ``probability`` float32 ``[batch, height, width]`` and ``mask`` uint8. A request
+with an empty batch, a side under 8 px, NaN/inf pixels or bytes that are no such image fails with
+``InvalidArgumentError`` naming the input and this contract.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-
 from kerasseg.errors import KerassegError
 
-_GRAPH_MODES = ("image", "position", "none")
+#: smallest accepted crop side (px) in a serving request
+MIN_SIDE = 8
+SIGNATURES = ("serving_default", "serving_4d", "serving_bytes")
+CONTRACT = (f"float32 [batch, height, width] raw ROI crops with batch >= 1, height and width >= {MIN_SIDE} "
+            "and finite pixels")
 
 
 # --------------------------------------------------------------------------- loading
-def _normalizer_mode(normalizer) -> tuple[str, str]:
-    """(mode, enhancement) of a Normalizer (attributes or its config)."""
-    if normalizer is None:
-        return "none", "none"
-    cfg = {}
-    if hasattr(normalizer, "get_config"):
-        try:
-            cfg = dict(normalizer.get_config())
-        except Exception:  # noqa: BLE001 - fall back to attributes
-            cfg = {}
-    mode = getattr(normalizer, "mode", cfg.get("mode", "none"))
-    enh = getattr(normalizer, "enhancement", cfg.get("enhancement", "none"))
-    return str(mode), str(enh if enh is not None else "none")
-
-
-def check_graph_normalizer(normalizer, source=None) -> None:
-    """Raise :class:`KerassegError` if the normaliser cannot be written as TF graph ops."""
-    mode, enh = _normalizer_mode(normalizer)
-    if enh not in ("none", "", "None"):
-        raise KerassegError(
-            f"the run's enhancement {enh!r} has no TF graph form, so it cannot be exported for "
-            "TF Serving; retrain with enhancement: none (or apply it client-side and use the 'raw' signature)",
-            source,
-        )
-    if mode not in _GRAPH_MODES:
-        raise KerassegError(f"normalisation mode {mode!r} cannot be exported (allowed: {list(_GRAPH_MODES)})", source)
-    if mode != "none" and not hasattr(normalizer, "tf_normalize"):
-        raise KerassegError(f"normaliser {type(normalizer).__name__} has no tf_normalize(); cannot export", source)
-
-
 def load_source(source):
-    """Resolve ``source`` into ``(model, normalizer)``.
-
-    ``source`` is a keras.Model, a ``(model, normalizer)`` pair, a training run directory
-    (``kerasseg.training.load_run``) or a ``.keras`` file (its sibling ``normalizer.json``, if any,
-    gives the normaliser; otherwise no normalisation).
-    """
-    import keras
-
+    """``(segmenter, config, run_dir)`` of a run dir, ``.keras`` file or keras.Model
+    (:func:`kerasseg.training.run.load_model_source`)."""
     from kerasseg.training.run import load_model_source
 
-    if isinstance(source, (tuple, list)) and len(source) == 2 and isinstance(source[0], keras.Model):
-        return source[0], source[1]
-    model, normalizer, _config, _run = load_model_source(source)
-    if normalizer is None and not isinstance(source, keras.Model):
-        from kerasseg.errors import warn
-
-        warn("no normalizer.json beside the model: exporting without normalisation", source)
-    return model, normalizer
+    return load_model_source(source)
 
 
-def model_size(model) -> int:
-    """The square input size S of a Contract-3 model."""
-    shape = model.input_shape
-    if isinstance(shape, dict):
-        shape = next(iter(shape.values()))
-    if isinstance(shape, list):
-        shape = shape[0]
-    if len(shape) != 4 or shape[3] != 1 or shape[1] is None or shape[1] != shape[2]:
-        raise KerassegError(f"model input must be (batch, S, S, 1), got {tuple(shape)}")
-    return int(shape[1])
+# --------------------------------------------------------------------------- decoding bytes
+def decode_image_bytes(data):
+    """One encoded PNG (8/16-bit) / JPEG / BMP image (a scalar tf.string) -> float32 (H, W) grey.
+
+    Raw stored values (0..255 or 0..65535); colour images become grey with
+    :data:`kerasseg.data.imageio.RGB_TO_GREY`; an alpha channel is dropped.
+    """
+    import tensorflow as tf
+
+    from kerasseg.data.imageio import RGB_TO_GREY
+
+    head = tf.strings.substr(data, 0, 4)
+    is_png = tf.equal(head, b"\x89PNG")
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8")
+    is_bmp = tf.equal(tf.strings.substr(data, 0, 2), b"BM")
+    known = tf.logical_or(is_png, tf.logical_or(is_jpeg, is_bmp))
+    check = tf.debugging.Assert(known, [
+        "kerasseg serving: input image_bytes must hold encoded PNG (8/16-bit), JPEG or BMP images; "
+        "got bytes that are none of these (first bytes)", tf.strings.substr(data, 0, 8)])
+    with tf.control_dependencies([check]):
+        data = tf.identity(data)
+
+    def png():
+        depth = tf.io.decode_raw(tf.strings.substr(data, 24, 1), tf.uint8)[0]
+        return tf.cond(tf.equal(depth, 16),
+                       lambda: tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float32),
+                       lambda: tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint8), tf.float32))
+
+    def other():
+        return tf.cast(tf.io.decode_image(data, channels=0, expand_animations=False), tf.float32)
+
+    img = tf.cond(is_png, png, other)
+    img = tf.ensure_shape(img, [None, None, None])
+    c = tf.shape(img)[-1]
+    weights = tf.constant(RGB_TO_GREY, tf.float32)
+    return tf.cond(c >= 3, lambda: tf.tensordot(img[..., :3], weights, axes=1), lambda: img[..., 0])
 
 
 # --------------------------------------------------------------------------- the serving module
-def build_serving_module(model, normalizer=None, source=None):
-    """A ``tf.Module`` with ``serving_default`` and ``raw`` tf.functions around ``model``."""
+def build_serving_module(model):
+    """A ``tf.Module`` with the three signature functions around a segmenter (or bare network);
+    each validates its input and runs :func:`kerasseg.models.segmenter.segment_function`."""
     import tensorflow as tf
 
-    check_graph_normalizer(normalizer, source)
-    size = model_size(model)
-    mode, _ = _normalizer_mode(normalizer)
+    from kerasseg.models.segmenter import model_size, segment_function
+
+    segment = segment_function(model)
 
     class SegmentationServing(tf.Module):
         def __init__(self):
             super().__init__(name="kerasseg_serving")
-            self.model = model
-            self.size = size
+            self.model = segment.model
+            self.size = model_size(segment.model)
 
-        def _normalize(self, x):  # x (B, S, S)
-            if mode == "none":
-                return x
-            return tf.cast(normalizer.tf_normalize(x), tf.float32)
+        @staticmethod
+        def _check(x, name):
+            # a loaded signature does not enforce its rank at run time: EnsureShape does (its
+            # error names the tensor and the expected [?,?,?]); the checked tensor then comes out
+            # of a cond, so nothing downstream runs on an invalid request
+            x = tf.ensure_shape(x, [None, None, None], name=name)
 
-        def _outputs(self, x4):
-            out = self.model(x4, training=False)
-            if not isinstance(out, dict):
-                out = {"net": out}
-            return out
+            def valid():
+                shape = tf.shape(x)
+                ok = tf.logical_and(tf.greater(shape[0], 0),
+                                    tf.reduce_all(tf.greater_equal(shape[1:3], MIN_SIDE)))
+                return tf.logical_and(ok, tf.reduce_all(tf.math.is_finite(x)))
 
-        @tf.function(input_signature=[tf.TensorSpec(shape=[None, size, size, 1], dtype=tf.float32, name="image")])
-        def raw(self, image):
-            out = self._outputs(image)
-            result = {"net_probability": tf.cast(out["net"], tf.float32)}
-            if "crf" in out:
-                result["crf_probability"] = tf.cast(out["crf"], tf.float32)
-            return result
+            def refuse():
+                fail = tf.debugging.Assert(False, [f"kerasseg serving: input {name} must be {CONTRACT}; "
+                                                   "got shape", tf.shape(x)])
+                with tf.control_dependencies([fail]):
+                    return tf.identity(x)
 
-        @tf.function(input_signature=[tf.TensorSpec(shape=None, dtype=tf.float32, name="image")])
+            return tf.cond(valid(), lambda: tf.identity(x), refuse)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="image")])
         def serve(self, image):
-            shape = tf.shape(image)
-            rank = tf.rank(image)
-            ok = tf.logical_or(
-                tf.equal(rank, 3),
-                tf.logical_and(tf.equal(rank, 4), tf.equal(tf.reduce_prod(shape[3:]), 1)),
-            )
-            check = tf.debugging.Assert(
-                ok,
-                ["kerasseg: 'image' must be float32 [batch, height, width] or [batch, height, width, 1]; got shape",
-                 shape],
-            )
-            with tf.control_dependencies([check]):
-                x = tf.reshape(image, shape[:3])
-            x = tf.ensure_shape(x, [None, None, None])
-            hw = tf.shape(x)[1:3]  # computed after the rank check, so it always has 2 elements
-            nonempty = tf.debugging.Assert(
-                tf.reduce_all(hw > 0), ["kerasseg: 'image' height and width must be > 0; got shape", shape]
-            )
+            return segment(self._check(image, "image"))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="image")])
+        def serve_4d(self, image):
+            image = tf.ensure_shape(image, [None, None, None, 1], name="image")
+            return segment(self._check(image[..., 0], "image"))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_bytes(self, image_bytes):
+            n = tf.shape(image_bytes)[0]
+            nonempty = tf.debugging.Assert(tf.greater(n, 0), [
+                "kerasseg serving: input image_bytes must hold at least one image; got batch", n])
             with tf.control_dependencies([nonempty]):
-                x = tf.identity(x)
-            x4 = x[..., tf.newaxis]
-            target = tf.constant([size, size], tf.int32)
-            same = tf.reduce_all(tf.equal(hw, target))
-            x4 = tf.cond(
-                same,
-                lambda: x4,
-                lambda: tf.image.resize(x4, target, method="bicubic"),
-            )
-            x4 = tf.ensure_shape(x4, [None, size, size, 1])
-            xn = self._normalize(x4[..., 0])[..., tf.newaxis]
-            out = self._outputs(xn)
-            key = "crf" if "crf" in out else "net"
-            prob = tf.cast(out[key][..., 1:2], tf.float32)
-            prob = tf.cond(
-                same,
-                lambda: prob,
-                lambda: tf.image.resize(prob, hw, method="bilinear"),
-            )
-            prob = tf.clip_by_value(prob[..., 0], 0.0, 1.0)
-            mask = tf.cast(prob >= 0.5, tf.uint8)
-            return {"probability": prob, "mask": mask}
+                image_bytes = tf.identity(image_bytes)
+            shapes = tf.map_fn(lambda b: tf.shape(decode_image_bytes(b)), image_bytes,
+                               fn_output_signature=tf.int32)
+            same = tf.debugging.Assert(tf.reduce_all(tf.equal(shapes, shapes[0])), [
+                "kerasseg serving: the images of one image_bytes request must all have the same "
+                "height and width; got shapes", shapes])
+            with tf.control_dependencies([same]):
+                image_bytes = tf.identity(image_bytes)
+            x = tf.map_fn(decode_image_bytes, image_bytes,
+                          fn_output_signature=tf.TensorSpec([None, None], tf.float32))
+            return segment(self._check(x, "image_bytes"))
 
     return SegmentationServing()
+
+
+def signatures_of(module) -> dict:
+    """The concrete functions to save, by signature name."""
+    return {"serving_default": module.serve.get_concrete_function(),
+            "serving_4d": module.serve_4d.get_concrete_function(),
+            "serving_bytes": module.serve_bytes.get_concrete_function()}
+
+
+# --------------------------------------------------------------------------- model card and warmup
+def model_card(model, config: dict, run_dir) -> dict:
+    """What a serving engineer needs to know about an export (written to ``assets/model_card.json``)."""
+    import keras
+    import tensorflow as tf
+
+    from kerasseg import __version__
+    from kerasseg.models import final_key
+    from kerasseg.models.segmenter import get_preprocessor, model_size
+
+    run = {}
+    if run_dir is not None and (Path(run_dir) / "run.json").is_file():
+        try:
+            run = json.loads((Path(run_dir) / "run.json").read_text())
+        except (OSError, ValueError):
+            run = {}
+    pre = get_preprocessor(model)
+    return {
+        "name": config.get("name") or model.name,
+        "paper": config.get("paper", ""), "row": config.get("row", ""),
+        "description": config.get("description", ""),
+        "config": config,
+        "data": run.get("data"), "data_hash": run.get("data_hash"), "counts": run.get("counts"),
+        "metrics": {k: run.get(k) for k in ("best_epoch", "val_dice", "test_dice", "otsu_test_dice",
+                                            "prior_test_dice")},
+        "input_contract": {
+            "serving_default": {"image": CONTRACT},
+            "serving_4d": {"image": "the same as float32 [batch, height, width, 1]"},
+            "serving_bytes": {"image_bytes": "string [batch] of encoded PNG (8/16-bit), JPEG or BMP "
+                              "crops of one size; REST: {\"b64\": ...}"},
+            "outputs": {"probability": "float32 [batch, height, width] mass probability",
+                        "mask": "uint8 [batch, height, width], probability >= 0.5"},
+            "model_size": model_size(model),
+            "preprocessing": None if pre is None else pre.get_config(),
+            "final_output": final_key(model),
+        },
+        "versions": {"kerasseg": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+
+
+def warmup_requests(size: int, model_name: str = "kerasseg") -> list:
+    """``PredictionLog`` records for ``assets.extra/tf_serving_warmup_requests``: one request per
+    signature (a model-size crop, a 57 x 71 crop of two images, a PNG)."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    rng = np.random.default_rng(0)
+    crop = rng.uniform(0, 4000, (1, size, size)).astype(np.float32)
+    crops = rng.uniform(0, 4000, (2, 57, 71)).astype(np.float32)
+    png = tf.io.encode_png(tf.constant(rng.integers(0, 65535, (size, size, 1), dtype=np.uint16))).numpy()
+    inputs = [("serving_default", "image", crop), ("serving_default", "image", crops),
+              ("serving_4d", "image", crop[..., None]),
+              ("serving_bytes", "image_bytes", np.array([png], dtype=object))]
+    logs = []
+    for sig, name, value in inputs:
+        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=sig))
+        req.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)))
+    return logs
+
+
+def graph_ops(export_dir) -> set:
+    """Every op type in a SavedModel's graph and its function library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((Path(export_dir) / "saved_model.pb").read_bytes())
+    ops = set()
+    for mg in sm.meta_graphs:
+        ops.update(n.op for n in mg.graph_def.node)
+        for f in mg.graph_def.library.function:
+            ops.update(n.op for n in f.node_def)
+    return ops
 
 
 # --------------------------------------------------------------------------- versions and writing
@@ -186,20 +249,23 @@ def existing_versions(base: Path) -> list[int]:
     return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and _VERSION_RE.match(p.name))
 
 
-def _write_saved_model(module, path: Path) -> None:
-    """Write ``module`` as a SavedModel at ``path`` (separated out so tests can inject failures)."""
+def _write_saved_model(module, path: Path, card: dict | None = None, model_name: str = "kerasseg") -> None:
+    """Write ``module`` as a SavedModel at ``path`` with its model card and warmup requests
+    (separated out so tests can inject failures)."""
     import tensorflow as tf
 
-    signatures = {
-        "serving_default": module.serve.get_concrete_function(),
-        "raw": module.raw.get_concrete_function(),
-    }
-    tf.saved_model.save(module, str(path), signatures=signatures)
+    tf.saved_model.save(module, str(path), signatures=signatures_of(module))
     (path / "assets").mkdir(exist_ok=True)
+    if card is not None:
+        (path / "assets" / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+    (path / "assets.extra").mkdir(exist_ok=True)
+    with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        for log in warmup_requests(module.size, model_name):
+            writer.write(log.SerializeToString())
 
 
 def export_model(source, out, version: int | None = None, force: bool = False) -> Path:
-    """Export ``source`` (run dir, ``.keras`` file, keras.Model or (model, normalizer)) to ``out/<version>``.
+    """Export ``source`` (run dir, ``.keras`` file or keras.Model) to ``out/<version>``.
 
     ``version`` defaults to the highest existing version + 1 (1 for a new folder). The SavedModel is
     written to a temporary folder beside the target and renamed into place, so a polling server never
@@ -222,13 +288,14 @@ def export_model(source, out, version: int | None = None, force: bool = False) -
     if target.exists() and not force:
         raise KerassegError("version already exists; use --force to overwrite it", target)
 
-    model, normalizer = load_source(source)
-    module = build_serving_module(model, normalizer, source=None if not isinstance(source, (str, Path)) else source)
+    model, config, run_dir = load_source(source)
+    module = build_serving_module(model)
+    card = model_card(model, config, run_dir)
 
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base))
     try:
-        _write_saved_model(module, tmp / "model")
+        _write_saved_model(module, tmp / "model", card, model_name=base.name or "kerasseg")
         if target.exists():  # force
             old = Path(tempfile.mkdtemp(prefix=f".{version}.old-", dir=base))
             os.replace(target, old / "v")

@@ -2,19 +2,26 @@
 
 ``build_model(arch, input_size=40, crf=None, prior=None, **arch_kwargs)`` builds any of
 them (see :mod:`kerasseg.models.registry`); ``final_key(model)`` names the output that
-holds the final prediction. Importing this package registers every custom layer, so
+holds the final prediction; ``build_segmenter(network, preprocessor)`` puts the preprocessing
+in front (the model that is saved, evaluated and served). Importing this package registers every custom layer, so
 ``keras.saving.load_model(path)`` can reload saved models.
 """
 
 import kerasseg.layers  # noqa: F401  (registers PositionPrior and, when present, CRFRNN)
 from kerasseg.models.fcn import FCN_VARIANTS, UnaryFusion, fcn_geometry
 from kerasseg.models.registry import ALIASES, ARCH_OPTIONS, build_model, final_key, list_archs, output_keys
+from kerasseg.models.segmenter import as_segmenter, build_segmenter, get_network, get_preprocessor, model_size
 
 __all__ = [
     "ALIASES",
     "ARCH_OPTIONS",
     "FCN_VARIANTS",
     "UnaryFusion",
+    "as_segmenter",
+    "build_segmenter",
+    "get_network",
+    "get_preprocessor",
+    "model_size",
     "build_model",
     "fcn_geometry",
     "final_key",

@@ -1,7 +1,7 @@
 """kerasseg.training: losses, the FGM adversarial train step, distribution and ``fit``.
 
 ``fit(config, data, out_dir, ...) -> RunResult`` trains into a run directory;
-``load_run(run_dir) -> (model, normalizer, config)`` reads one back.
+``load_run(run_dir) -> (model, config)`` reads one back (model: the segmenter).
 """
 
 from kerasseg.training.fit import RunResult, build_training_model, fit

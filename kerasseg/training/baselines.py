@@ -5,7 +5,7 @@
 - :func:`prior_dice`: the mean training mask thresholded at 0.5 (a pure position prior: with
   tight ROI boxes the mass covers the centre of most ROIs).
 
-Both return the mean per-image Dice (:func:`kerasseg.evaluation.metrics.dice`).
+Both return the mean per-image Dice (:func:`kerasseg.training.metrics.dice_per_image`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from kerasseg.errors import KerassegError
 
 
 def _mean_dice(preds, masks) -> float:
-    from kerasseg.evaluation.metrics import dice
+    from kerasseg.training.metrics import mean_dice
 
-    return float(np.mean([dice(p, m) for p, m in zip(preds, masks)]))
+    return mean_dice(np.asarray(preds, bool), np.asarray(masks, bool))
 
 
 def _check(images, masks):
@@ -47,11 +47,13 @@ def otsu_dice(images, masks) -> float:
 
 
 def prior_dice(train_masks, masks) -> float:
-    """Mean per-ROI Dice of ``mean(train_masks) > 0.5`` against ``masks``."""
+    """Mean per-ROI Dice of ``mean(train_masks) >= 0.5`` against ``masks``."""
     train_masks = np.asarray(train_masks)
     masks = np.asarray(masks)
     if train_masks.ndim != 3 or masks.ndim != 3 or train_masks.shape[1:] != masks.shape[1:]:
         raise KerassegError(f"prior baseline: train masks {train_masks.shape} and masks "
                             f"{masks.shape} must be (N, H, W) of the same size")
-    prior = train_masks.astype(np.float64).mean(0) > 0.5
+    from kerasseg.training.metrics import binarize
+
+    prior = binarize(train_masks.astype(np.float64).mean(0)).astype(bool)
     return _mean_dice([prior] * len(masks), masks)

@@ -3,8 +3,8 @@
 Run directory layout::
 
     config.yaml      resolved config (dataset overrides applied, epochs/seed as used)
-    normalizer.json  the Normalizer fitted on the TRAIN split
-    model.keras      the network (functional, dict outputs) of the best VALIDATION-Dice epoch
+    model.keras      the segmenter (raw ROI -> preprocessing fitted on the TRAIN split -> network,
+                     dict outputs) of the best VALIDATION-Dice epoch
     history.csv      one row per completed epoch (1-based), loss/clean_loss/adv_loss/dice, val_*
     run.json         versions, seed, data hash, best epoch, val/test Dice, status
     tb/              TensorBoard logs
@@ -98,19 +98,12 @@ def _versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version(), "onednn": onednn_enabled()}
 
 
-def _dice(net, images, masks, batch_size=64) -> float:
-    from kerasseg.models import final_key
+def _dice(model, images, masks, batch_size=64) -> float:
+    """Mean per-image Dice of a segmenter on raw ROIs: the one inference graph, threshold and Dice."""
+    from kerasseg.models.segmenter import predict_probability
+    from kerasseg.training.metrics import binarize, mean_dice
 
-    key = final_key(net)
-    probs = []
-    for i in range(0, len(images), batch_size):
-        out = net(images[i:i + batch_size, ..., None].astype(np.float32), training=False)
-        probs.append(np.asarray(out[key])[..., 1])
-    p = np.concatenate(probs) > 0.5
-    t = masks.astype(bool)
-    inter = (p & t).sum((1, 2)).astype(np.float64)
-    den = (p.sum((1, 2)) + t.sum((1, 2))).astype(np.float64)
-    return float(np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0).mean())
+    return mean_dice(binarize(predict_probability(model, images, batch_size)), masks)
 
 
 def _strategy_name(strategy) -> str:
@@ -151,7 +144,9 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
 
     from kerasseg.config import apply_dataset, dataset_key, resolve_config, save_config
     from kerasseg.data.dataset import load_data
-    from kerasseg.data.pipeline import Normalizer, make_tf_dataset
+    from kerasseg.data.pipeline import make_tf_dataset
+    from kerasseg.layers.preprocessing import ImagePreprocessor
+    from kerasseg.models.segmenter import build_segmenter
     from kerasseg.layers.prior import prior_from_masks
     from kerasseg.training.callbacks import BestModel, HistoryCSV, ScalarLogger, atomic_write_text
 
@@ -208,8 +203,12 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
         tf.config.experimental.enable_op_determinism()
 
     train, val = ds.subset("train"), ds.subset("val")
-    norm = Normalizer(cfg["data"]["normalization"], cfg["data"]["enhancement"]).fit(train.images)
-    x_tr, x_val = norm(train.images), norm(val.images)
+    # the preprocessing layers that travel inside the saved model, fitted on the TRAIN split;
+    # the network trains on their output (computed once: the flips come after it, as before)
+    pre = ImagePreprocessor(ds.size, enhancement=cfg["data"]["enhancement"],
+                            normalization=cfg["data"]["normalization"], name="preprocessor")
+    pre.adapt(train.images)
+    x_tr, x_val = pre.transform(train.images)[..., 0], pre.transform(val.images)[..., 0]
     prior = prior_from_masks(train.masks) if cfg["model"]["position_prior"] else None
 
     replicas = strategy.num_replicas_in_sync
@@ -223,9 +222,9 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     val_ds = make_tf_dataset(x_val, val.masks, bs, training=False)
 
     save_config(cfg, cfg_text_path)
-    atomic_write_text(out / "normalizer.json", json.dumps(norm.get_config()))
     with strategy.scope():
         model = build_training_model(cfg, ds.size, prior)
+    segmenter = build_segmenter(model.net, pre, name=cfg["name"])  # shares the network's weights
     if jit:
         import warnings
 
@@ -236,7 +235,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
             warn("train.jit_compile: XLA is off for this run (op determinism was already "
                  "enabled in this process by an earlier run, or a layer does not support XLA)")
 
-    best = BestModel(model.net, out / "model.keras", out / "best_state.json",
+    best = BestModel(segmenter, out / "model.keras", out / "best_state.json",
                      monitor="val_dice", patience=cfg["train"]["patience"])
     callbacks = [
         HistoryCSV(out / "history.csv"),
@@ -260,18 +259,18 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
 
     hist = read_history(out / "history.csv")
     if not (out / "model.keras").exists():
-        model.net.save(out / ".model.tmp.keras")
+        segmenter.save(out / ".model.tmp.keras")
         os.replace(out / ".model.tmp.keras", out / "model.keras")
     from kerasseg.training.run import load_run
 
-    net, _, _ = load_run(out)
-    val_dice = _dice(net, x_val, val.masks)
+    saved, _ = load_run(out)
+    val_dice = _dice(saved, val.images, val.masks)
     test_dice = otsu = prior_d = None
     if counts["test"]:
         from kerasseg.training.baselines import otsu_dice, prior_dice
 
         test = ds.subset("test")
-        test_dice = _dice(net, norm(test.images), test.masks)
+        test_dice = _dice(saved, test.images, test.masks)
         otsu = otsu_dice(test.images, test.masks)
         prior_d = prior_dice(train.masks, test.masks)
     result = RunResult(run_dir=str(out), status=status, epochs_run=len(hist),

@@ -1,44 +1,69 @@
-"""Training-time metrics, tracked with Keras metric objects so ``fit`` prints true values."""
+"""The one mask threshold and the one Dice of kerasseg, and the Keras metric that tracks it.
+
+:data:`THRESHOLD` and :func:`binarize` decide what is mass everywhere (training metrics, model
+selection, run.json, evaluation, predict and the exported serving graph): ``probability >= 0.5``.
+:func:`dice_per_image` is the Dice used by all of them; it is written with ``keras.ops``, so it
+takes NumPy arrays or tensors alike.
+"""
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+import numpy as np
+from keras import ops
+
+#: a pixel is mass when the final output's mass probability is >= THRESHOLD
+THRESHOLD = 0.5
 
 
-def dice_per_image(y_true, prob, threshold: float = 0.5):
-    """Per-image Dice of ``prob[..., 1] > threshold`` against ``y_true[..., 1]``; (B,).
+def binarize(prob):
+    """``prob >= THRESHOLD`` as uint8 (NumPy in, NumPy out; tensor in, tensor out)."""
+    if isinstance(prob, np.ndarray):
+        return (prob >= THRESHOLD).astype(np.uint8)
+    return ops.cast(ops.greater_equal(prob, THRESHOLD), "uint8")
 
-    An image with an empty mask and an empty prediction scores 1.
+
+def dice_per_image(pred, true):
+    """Per-image Dice ``2|P & T| / (|P| + |T|)`` of binary masks (B, H, W) -> (B,) float32.
+
+    Any non-zero value is foreground. An image whose prediction and ground truth are both empty
+    scores 1 (the prediction is right), exactly one empty scores 0.
     """
-    pred = tf.cast(tf.cast(prob, tf.float32)[..., 1] > threshold, tf.float32)
-    true = tf.cast(tf.cast(y_true, tf.float32)[..., 1] > 0.5, tf.float32)
-    inter = tf.reduce_sum(pred * true, axis=[1, 2])
-    denom = tf.reduce_sum(pred, axis=[1, 2]) + tf.reduce_sum(true, axis=[1, 2])
-    return tf.where(denom > 0, 2.0 * inter / tf.maximum(denom, 1.0), tf.ones_like(denom))
+    p = ops.cast(ops.not_equal(pred, 0), "float32")
+    t = ops.cast(ops.not_equal(true, 0), "float32")
+    axes = tuple(range(1, len(p.shape)))
+    inter = ops.sum(p * t, axis=axes)
+    denom = ops.sum(p, axis=axes) + ops.sum(t, axis=axes)
+    return ops.where(denom > 0, 2.0 * inter / ops.maximum(denom, 1.0), ops.ones_like(denom))
+
+
+def mean_dice(pred, true) -> float:
+    """Mean of :func:`dice_per_image` over a stack of binary masks (a Python float)."""
+    return float(np.mean(np.asarray(dice_per_image(np.asarray(pred), np.asarray(true)))))
 
 
 @keras.saving.register_keras_serializable(package="kerasseg")
 class DiceScore(keras.metrics.Metric):
-    """Mean per-image Dice over everything seen since the last reset."""
+    """Mean per-image Dice of ``binarize(y_pred[..., 1])`` against ``y_true[..., 1]``."""
 
-    def __init__(self, name="dice", threshold=0.5, **kwargs):
+    def __init__(self, name="dice", **kwargs):
+        kwargs.pop("threshold", None)  # older configs stored it; there is one threshold now
         super().__init__(name=name, **kwargs)
-        self.threshold = float(threshold)
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        d = dice_per_image(y_true, y_pred, self.threshold)
-        self.total.assign_add(tf.reduce_sum(d))
-        self.count.assign_add(tf.cast(tf.shape(d)[0], tf.float32))
+        d = dice_per_image(binarize(ops.cast(y_pred, "float32")[..., 1]),
+                           ops.greater(ops.cast(y_true, "float32")[..., 1], 0.5))
+        self.total.assign_add(ops.sum(d))
+        self.count.assign_add(ops.cast(ops.shape(d)[0], "float32"))
 
     def result(self):
-        return tf.math.divide_no_nan(self.total, self.count)
+        return ops.divide_no_nan(self.total, self.count)
 
     def reset_state(self):
         self.total.assign(0.0)
         self.count.assign(0.0)
 
     def get_config(self):
-        return {"name": self.name, "threshold": self.threshold, "dtype": self.dtype}
+        return {"name": self.name, "dtype": self.dtype}
