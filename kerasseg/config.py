@@ -16,6 +16,8 @@ Every problem is a one-line :class:`~kerasseg.errors.KerassegError` naming the f
 
 from __future__ import annotations
 
+import math
+
 import copy
 import difflib
 import os
@@ -212,6 +214,11 @@ def _range(cond, msg, path):
 def _check_values(cfg: dict, path, prefix="") -> None:
     m, lo, t, d = cfg["model"], cfg["loss"], cfg["train"], cfg["data"]
     p = prefix
+    for section, key in (("loss", "lambda"), ("loss", "l2"), ("model", "dropout"),
+                         ("train", "learning_rate"), ("train", "epsilon")):
+        v = cfg[section][key]
+        _range(not isinstance(v, (int, float)) or math.isfinite(v),
+               f"{p}{section}.{key} must be a finite number, got {v}", path)
     _range(0.0 <= lo["lambda"] <= 1.0, f"{p}loss.lambda must be in [0, 1], got {lo['lambda']}", path)
     _range(lo["l2"] >= 0.0, f"{p}loss.l2 must be >= 0, got {lo['l2']}", path)
     _range(0.0 <= m["dropout"] < 1.0, f"{p}model.dropout must be in [0, 1), got {m['dropout']}", path)

@@ -39,8 +39,17 @@ class ROIDataset:
     _hash: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        self.images = np.asarray(self.images, dtype=np.float32)
-        self.masks = np.asarray(self.masks).astype(np.uint8)
+        images, masks = np.asarray(self.images), np.asarray(self.masks)
+        # checked before the casts below, which would silently drop an imaginary part or
+        # truncate a fractional mask value (0.5 -> 0)
+        for name, arr in (("images", images), ("masks", masks)):
+            if arr.dtype.kind not in "biuf":
+                raise KerassegError(f"{name} must be real numbers, got dtype {arr.dtype}")
+        if masks.size and not np.isin(masks, (0, 1)).all():
+            bad = masks[~np.isin(masks, (0, 1))].ravel()[:3].tolist()
+            raise KerassegError(f"masks must contain only 0 and 1 (binary), found e.g. {bad}")
+        self.images = images.astype(np.float32)
+        self.masks = masks.astype(np.uint8)
         self.split = np.asarray(self.split).astype(str)
         self.ids = np.asarray(self.ids).astype(str)
         if self.spacing_mm is not None:
@@ -55,6 +64,9 @@ class ROIDataset:
         n = len(self.images)
         if self.images.ndim != 3:
             raise KerassegError(f"images must be (N, H, W), got shape {self.images.shape}", path)
+        if self.images.shape[1] != self.images.shape[2]:
+            raise KerassegError(f"ROIs must be square (N, S, S), got {self.images.shape[1]}x{self.images.shape[2]}",
+                                path)
         if self.masks.shape != self.images.shape:
             raise KerassegError(
                 f"masks shape {self.masks.shape} differs from images shape {self.images.shape}", path
@@ -65,6 +77,11 @@ class ROIDataset:
                 raise KerassegError(f"{name} must have shape ({n},), got {arr.shape}", path)
         if self.spacing_mm is not None and self.spacing_mm.shape != (n,):
             raise KerassegError(f"spacing_mm must have shape ({n},), got {self.spacing_mm.shape}", path)
+        if self.spacing_mm is not None:
+            known = self.spacing_mm[~np.isnan(self.spacing_mm)]
+            if not np.all(np.isfinite(known) & (known > 0)):
+                raise KerassegError("spacing_mm must be > 0 and finite (NaN = unknown for that ROI), got "
+                                    f"e.g. {known[~(np.isfinite(known) & (known > 0))][:3].tolist()}", path)
         if self.boxes is not None and self.boxes.shape != (n, 4):
             raise KerassegError(f"boxes must have shape ({n}, 4), got {self.boxes.shape}", path)
         bad = sorted(set(self.split.tolist()) - set(SPLITS))

@@ -49,9 +49,21 @@ def _atomic(path, write_fn, mode="w"):
     return atomic_write(path, write_fn, mode)
 
 
+def _json_safe(obj):
+    """``obj`` with every NaN/inf float replaced by ``None`` (valid JSON: ``null``)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path, obj) -> Path:
-    """JSON (indented) written atomically."""
-    return _atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+    """JSON (indented) written atomically; non-finite numbers become ``null`` (strict JSON)."""
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    return _atomic(path, lambda fh: fh.write(text + "\n"))
 
 
 def write_csv(path, header, rows) -> Path:

@@ -41,6 +41,29 @@ def read_history(path) -> list[dict]:
     return out
 
 
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop training with a one-line :class:`~kerasseg.errors.KerassegError` as soon as a batch's
+    loss is NaN or infinite. The epoch never ends, so neither the backup nor ``model.keras`` is
+    written from diverged weights: the last good epoch's checkpoint and best model stay."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            from kerasseg.errors import KerassegError
+
+            raise KerassegError(
+                f"training diverged: the loss is {float(loss)} at epoch {self.epoch}, batch {batch + 1}; "
+                "the last completed epoch's checkpoint and best model are kept (try a lower "
+                "train.learning_rate)")
+
+
 class HistoryCSV(keras.callbacks.Callback):
     """``history.csv`` with one row per completed epoch; rows of re-run epochs are replaced."""
 

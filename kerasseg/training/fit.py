@@ -148,7 +148,8 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     from kerasseg.layers.preprocessing import ImagePreprocessor
     from kerasseg.models.segmenter import build_segmenter
     from kerasseg.layers.prior import prior_from_masks
-    from kerasseg.training.callbacks import BestModel, HistoryCSV, ScalarLogger, atomic_write_text
+    from kerasseg.training.callbacks import (BestModel, HistoryCSV, ScalarLogger, StopOnNonFinite,
+                                             atomic_write_text)
 
     t0 = time.time()
     ds = load_data(data)
@@ -238,6 +239,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     best = BestModel(segmenter, out / "model.keras", out / "best_state.json",
                      monitor="val_dice", patience=cfg["train"]["patience"])
     callbacks = [
+        StopOnNonFinite(),
         HistoryCSV(out / "history.csv"),
         best,
         ScalarLogger(out / "tb"),
