@@ -81,12 +81,9 @@ def write_npz(path, **arrays) -> Path:
 
 
 def _make_dir(out_dir) -> Path:
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KerassegError(f"cannot create report folder ({exc.strerror})", out) from None
-    return out
+    from kerasseg.fileio import output_dir
+
+    return output_dir(out_dir, "report folder")
 
 
 # ------------------------------------------------------------------ loading a model
@@ -258,6 +255,9 @@ def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *,
         if run_dir is None:
             raise KerassegError("an output folder (--out) is needed when evaluating a model file")
         out_dir = run_dir / f"eval-{split}"
+    from kerasseg.fileio import output_dir
+
+    output_dir(out_dir, "report folder", create=False)  # before the inference
     prob, key = predict_probabilities(model, sub.images, batch_size=batch_size, verbose=verbose)
     return evaluate_arrays(
         prob, sub.masks, sub.ids, out_dir, images=sub.images, spacing_mm=sub.spacing_mm, split=split,

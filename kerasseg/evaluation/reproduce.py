@@ -121,10 +121,9 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
         raise KerassegError(f"--epochs must be at least 1, got {epochs}")
     spec = TABLES[table]
     out = Path(out_dir or f"reproduce-{table}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KerassegError(f"cannot create output folder ({exc.strerror})", out) from None
+    from kerasseg.fileio import output_dir
+
+    output_dir(out)
 
     ds = data if isinstance(data, ROIDataset) else load_data(data)
     data_spec = None if (data is None or str(data) == "phantom") else str(data)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasseg.data.imageio import Image2D, read_image  # noqa: F401 - the one reader, shared with data prepare
-from kerasseg.fileio import atomic_path
+from kerasseg.fileio import atomic_path, output_dir
 from kerasseg.errors import KerassegError
 
 
@@ -211,7 +211,7 @@ def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None) -> dict:
     prob, mask = segmenter(crop[np.newaxis])
     full = np.zeros((h, w), np.uint8)
     full[y0:y1, x0:x1] = mask[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_dir(out_dir)
     stem = path.stem
     mask_path = out_dir / f"{stem}_mask.png"
     overlay_path = out_dir / f"{stem}_overlay.png"
@@ -241,7 +241,7 @@ def predict_npz(segmenter, path, out_dir) -> dict:
     if len(ds.images) == 0:
         raise KerassegError("dataset holds no ROI", path)
     prob, pred = segmenter(ds.images)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_dir(out_dir)
     pred_path = out_dir / f"{path.stem}_predictions.npz"
 
     def _w(tmp):
@@ -267,6 +267,7 @@ def predict_inputs(source, inputs, out_dir, roi=None, mask_hint=None, on_result=
     Returns ``(results, failures)``: results maps input -> JSON dict, failures maps input -> message.
     ``on_result(path, info_or_None, error_or_None)`` is called after each input.
     """
+    output_dir(out_dir, create=False)  # before loading the model
     segmenter = source if isinstance(source, Segmenter) else Segmenter(source)
     if isinstance(roi, str):
         roi = parse_roi(roi)

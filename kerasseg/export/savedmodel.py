@@ -272,9 +272,9 @@ def export_model(source, out, version: int | None = None, force: bool = False) -
     sees a half-written version. An existing version is only replaced with ``force=True``.
     Returns the version folder.
     """
-    base = Path(out)
-    if base.exists() and not base.is_dir():
-        raise KerassegError("export destination exists and is not a folder", base)
+    from kerasseg.fileio import output_dir
+
+    base = output_dir(out, "export folder", create=False)  # before loading the model
     if version is None:
         found = existing_versions(base)
         version = (found[-1] + 1) if found else 1
@@ -292,7 +292,9 @@ def export_model(source, out, version: int | None = None, force: bool = False) -
     module = build_serving_module(model)
     card = model_card(model, config, run_dir)
 
-    base.mkdir(parents=True, exist_ok=True)
+    from kerasseg.fileio import output_dir
+
+    output_dir(base, "export folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base))
     try:
         _write_saved_model(module, tmp / "model", card, model_name=base.name or "kerasseg")

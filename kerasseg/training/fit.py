@@ -179,7 +179,9 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     out = Path(out_dir or f"runs/{cfg['name']}")
     if not chief:
         out = out / f".worker-{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
-    out.mkdir(parents=True, exist_ok=True)
+    from kerasseg.fileio import output_dir
+
+    output_dir(out, "run folder")
     run_json = out / "run.json"
     backup = out / "backup"
     resuming = backup.is_dir()

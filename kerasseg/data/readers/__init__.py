@@ -71,19 +71,9 @@ class Summary:
 # ----------------------------------------------------------------- output
 def check_output(path) -> Path:
     """KerassegError naming ``path`` if a dataset file cannot be written there (checked before reading)."""
-    import os
+    from kerasseg.fileio import output_file
 
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise KerassegError("output path is a folder", path)
-    if not parent.is_dir():
-        raise KerassegError("output folder does not exist", parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise KerassegError("output folder is not writable", parent)
-    return path
+    return output_file(path, ".npz")
 
 
 # ----------------------------------------------------------------- assembly
