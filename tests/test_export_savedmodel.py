@@ -371,3 +371,44 @@ def test_tensorflow_model_server(exported, rois, tmp_path):  # pragma: no cover 
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_force_swaps_so_a_version_always_exists(model, tmp_path, monkeypatch):
+    base = tmp_path / "m"
+    first = export_model(model, base, version=1)
+    (first / "marker").write_text("old")
+    seen = []
+    real_exchange = savedmodel._exchange
+
+    def watched(a, b):
+        seen.append(b.exists())
+        real_exchange(a, b)
+        seen.append(b.exists() and not (b / "marker").exists() and (a / "marker").exists())
+
+    monkeypatch.setattr(savedmodel, "_exchange", watched)
+    real_rmtree = savedmodel.shutil.rmtree
+
+    def killed(path, *args, **kwargs):  # the process dies right after the swap, before cleaning up
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(savedmodel.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(model, base, version=1, force=True)
+    assert seen == [True, True]
+    assert (first / "saved_model.pb").exists() and not (first / "marker").exists()  # the new version
+    leftovers = [p for p in base.iterdir() if p.name.startswith(".1.tmp-")]
+    assert len(leftovers) == 1
+    monkeypatch.setattr(savedmodel.shutil, "rmtree", real_rmtree)
+    os.utime(leftovers[0], (time.time() - 3600, time.time() - 3600))
+    export_model(model, base)  # the next export cleans the stale leftover
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
+def test_exchange_swaps_two_folders(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("a")
+    (b / "x").write_text("b")
+    savedmodel._exchange(a, b)
+    assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"

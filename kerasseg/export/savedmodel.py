@@ -295,19 +295,57 @@ def export_model(source, out, version: int | None = None, force: bool = False) -
     from kerasseg.fileio import output_dir
 
     output_dir(base, "export folder")
+    _remove_leftovers(base)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base))
     try:
         _write_saved_model(module, tmp / "model", card, model_name=base.name or "kerasseg")
-        if target.exists():  # force
-            old = Path(tempfile.mkdtemp(prefix=f".{version}.old-", dir=base))
-            os.replace(target, old / "v")
-            os.replace(tmp / "model", target)
-            shutil.rmtree(old, ignore_errors=True)
+        if target.exists():  # force: swap, so that a version folder exists at every instant
+            _exchange(tmp / "model", target)  # tmp/model now holds the old version
         else:
             os.replace(tmp / "model", target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+_LEFTOVER_RE = re.compile(r"^\.\d+\.(tmp|old)-")
+
+
+def _remove_leftovers(base: Path, min_age_s: float = 600.0) -> None:
+    """Delete the hidden ``.N.tmp-*`` / ``.N.old-*`` folders a killed export left in ``base``
+    (TF Serving ignores them; they only take space). Only folders untouched for ``min_age_s``
+    go, so an export running concurrently into the same folder keeps its own."""
+    import time
+
+    now = time.time()
+    for p in base.iterdir():
+        try:
+            if p.is_dir() and _LEFTOVER_RE.match(p.name) and now - p.stat().st_mtime > min_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Atomically swap the folders ``a`` and ``b`` (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Where the kernel or filesystem cannot exchange, falls back to two renames (a short window
+    in which ``b`` does not exist)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+    side = a.with_name(a.name + ".old")
+    os.replace(b, side)
+    os.replace(a, b)
+    os.replace(side, a)
 
 
 # --------------------------------------------------------------------------- loading an export
