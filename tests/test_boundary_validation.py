@@ -87,4 +87,38 @@ def test_a_nan_loss_stops_training_and_no_nan_model_is_saved(tmp_path, monkeypat
     with pytest.raises(KerassegError, match="training diverged: the loss is nan at epoch 1"):
         fit("crunet-unet", data=str(data), out_dir=tmp_path / "run", epochs=2, verbose=0)
     assert not (tmp_path / "run" / "model.keras").exists()
-    assert not (tmp_path / "run" / "run.json").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "running"  # never "finished"
+
+
+def test_resume_with_other_data_is_refused(tmp_path):
+    from kerasseg.data.dataset import save_npz
+    from kerasseg.data.phantom import make_phantom
+    from kerasseg.training import fit
+
+    a = save_npz(make_phantom(n_train=4, n_val=2, n_test=0, seed=2), tmp_path / "a.npz")
+    b = save_npz(make_phantom(n_train=4, n_val=2, n_test=0, seed=3), tmp_path / "b.npz")
+    run = tmp_path / "run"
+    fit("crunet-unet", data=str(a), out_dir=run, epochs=1, verbose=0)
+    info = json.loads((run / "run.json").read_text())
+    info["status"] = "interrupted"            # as a killed run leaves it: a backup and run.json
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "backup").mkdir()
+    with pytest.raises(KerassegError, match="unfinished run on other data") as exc:
+        fit("crunet-unet", data=str(b), out_dir=run, epochs=1, verbose=0)
+    assert str(run) in str(exc.value)
+
+
+def test_a_fresh_run_records_its_data_before_training(tmp_path, monkeypatch):
+    from kerasseg.data.dataset import load_npz, save_npz
+    from kerasseg.data.phantom import make_phantom
+    from kerasseg.training import fit, losses
+
+    a = save_npz(make_phantom(n_train=4, n_val=2, n_test=0, seed=2), tmp_path / "a.npz")
+    def crash(*args, **kwargs):  # the process dies in the first step
+        raise RuntimeError("crash")
+
+    monkeypatch.setattr(losses, "per_example_loss", crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        fit("crunet-unet", data=str(a), out_dir=tmp_path / "run", epochs=1, verbose=0)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "running" and info["data_hash"] == load_npz(a).data_hash()

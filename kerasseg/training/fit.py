@@ -198,6 +198,14 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
         if cfg_text_path.read_text() != to_yaml(cfg):
             raise KerassegError("holds an unfinished run of a different config/options; "
                                 "use the same command to resume or another --out", out)
+    if resuming and run_json.is_file():
+        try:
+            recorded = json.loads(run_json.read_text()).get("data_hash")
+        except (OSError, ValueError):
+            recorded = None
+        if recorded and recorded != ds.data_hash():
+            raise KerassegError(f"holds an unfinished run on other data (data hash {recorded}, this data "
+                                f"{ds.data_hash()}); resume with the same --data or use another --out", out)
     _repair_backup(backup)
 
     keras.utils.set_random_seed(seed)
@@ -225,6 +233,9 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     val_ds = make_tf_dataset(x_val, val.masks, bs, training=False)
 
     save_config(cfg, cfg_text_path)
+    if not resuming or not run_json.is_file():  # what a resume is checked against
+        atomic_write_text(run_json, json.dumps({"status": "running", "config": cfg["name"],
+                                                "data": data or "phantom", "data_hash": ds.data_hash()}))
     with strategy.scope():
         model = build_training_model(cfg, ds.size, prior)
     segmenter = build_segmenter(model.net, pre, name=cfg["name"])  # shares the network's weights
