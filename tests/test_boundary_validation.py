@@ -122,3 +122,18 @@ def test_a_fresh_run_records_its_data_before_training(tmp_path, monkeypatch):
         fit("crunet-unet", data=str(a), out_dir=tmp_path / "run", epochs=1, verbose=0)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "running" and info["data_hash"] == load_npz(a).data_hash()
+
+
+def test_a_torn_first_checkpoint_does_not_block_the_run(tmp_path):
+    """Issue repro: `mkdir -p r/backup && : > r/backup/latest.weights.h5 && kerasseg fit ...` failed forever."""
+    from kerasseg.data.dataset import save_npz
+    from kerasseg.data.phantom import make_phantom
+    from kerasseg.training import fit
+
+    a = save_npz(make_phantom(n_train=4, n_val=2, n_test=0, seed=2), tmp_path / "a.npz")
+    run = tmp_path / "r"
+    (run / "backup").mkdir(parents=True)
+    (run / "backup" / "latest.weights.h5").write_bytes(b"")
+    with pytest.warns(Warning, match="torn"):
+        res = fit("crunet-unet", data=str(a), out_dir=run, epochs=1, verbose=0)
+    assert res.status == "finished" and (run / "model.keras").is_file()

@@ -297,8 +297,27 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     return result
 
 
+def _readable_h5(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _repair_backup(backup: Path) -> None:
-    """If a kill left the backup's epoch file unreadable, fall back to the previous one."""
+    """If a kill left the backup's epoch file unreadable, fall back to the previous one.
+
+    A torn first checkpoint (no previous copy to fall back to: Keras would fail on it at every
+    rerun) is removed with a warning, so the run starts again from epoch 1.
+    """
+    weights = backup / "latest.weights.h5"
+    if weights.is_file() and not _readable_h5(weights) and not (backup / "latest.weights.h5.bkp").is_file():
+        warn("the only checkpoint is torn (killed while it was written); starting the run again", weights)
+        weights.unlink()
+        (backup / "training_metadata.json").unlink(missing_ok=True)
     meta = backup / "training_metadata.json"
     prev = backup / "training_metadata.json.bkp"
     if meta.is_file():
