@@ -104,3 +104,13 @@ def test_bad_options_are_one_line_errors():
         P.Normalize("zscore")
     with pytest.raises(KerassegError, match="NaN"):
         P.ImagePreprocessor(40).transform(np.full((1, 40, 40), np.nan))
+
+
+def test_adapt_transform_equals_adapt_then_transform(rng):
+    x = _rois(rng, 8)
+    for enhancement in ("clahe", "none"):
+        one = P.ImagePreprocessor(40, enhancement=enhancement, normalization="position")
+        two = P.ImagePreprocessor(40, enhancement=enhancement, normalization="position")
+        two.adapt(x)
+        np.testing.assert_array_equal(one.adapt_transform(x), two.transform(x))
+        np.testing.assert_array_equal(one.normalize.mean.numpy(), two.normalize.mean.numpy())

@@ -247,8 +247,8 @@ class ImagePreprocessor(keras.layers.Layer):
     def __init__(self, size=40, enhancement="none", normalization="image", clahe_clip_limit=0.01,
                  clahe_kernel_size=None, **kwargs):
         super().__init__(**kwargs)
-        self.size = int(size) if not isinstance(size, bool) and isinstance(size, (int, np.integer)) else size
-        self.resize = Resize(size, name="resize")
+        self.resize = Resize(size, name="resize")  # validates size
+        self.size = self.resize.size
         self.enhance = Enhance(enhancement, clip_limit=clahe_clip_limit, kernel_size=clahe_kernel_size,
                                name="enhance")
         self.normalize = Normalize(normalization, name="normalize")
@@ -264,25 +264,26 @@ class ImagePreprocessor(keras.layers.Layer):
         """Resize + enhancement (no normalisation)."""
         return self.enhance(self.resize(x))
 
+    def enhanced_numpy(self, images, batch_size=256) -> np.ndarray:
+        """Resize + enhancement of raw ROIs (N, H, W) -> (N, S, S, 1) float32 (batched calls)."""
+        return _batched(self.enhanced, images, batch_size, self.size)
+
     def adapt(self, images, batch_size=256):
         """Fit the normalisation statistics on the TRAIN ROIs ``images`` (N, H, W) or (N, H, W, 1)."""
+        self.adapt_transform(images, batch_size)
+
+    def adapt_transform(self, images, batch_size=256) -> np.ndarray:
+        """:meth:`adapt` on ``images`` and return their network inputs (N, S, S, 1), with the
+        enhancement computed once (what :meth:`transform` would give after :meth:`adapt`)."""
         e = self.enhanced_numpy(images, batch_size)
         if not self.built:
             self.build((None, None, None, 1))
         self.normalize.adapt(e)
-
-    def enhanced_numpy(self, images, batch_size=256):
-        x = _as_batch(images)
-        return np.concatenate([np.asarray(self.enhanced(x[i:i + batch_size]))
-                               for i in range(0, len(x), batch_size)]) if len(x) else x
+        return _batched(self.normalize, e, batch_size, self.size)
 
     def transform(self, images, batch_size=256) -> np.ndarray:
         """The network inputs (N, S, S, 1) float32 of raw ROIs (N, H, W) (batched calls)."""
-        x = _as_batch(images)
-        if len(x) == 0:
-            return np.zeros((0, self.size, self.size, 1), np.float32)
-        return np.concatenate([np.asarray(self(x[i:i + batch_size]))
-                               for i in range(0, len(x), batch_size)])
+        return _batched(self, images, batch_size, self.size)
 
     def call(self, x):
         return self.normalize(self.enhance(self.resize(x)))
@@ -302,6 +303,14 @@ class ImagePreprocessor(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "enhancement": self.enhance.method,
                 "normalization": self.normalize.mode, "clahe_clip_limit": self.enhance.clip_limit,
                 "clahe_kernel_size": self.enhance.kernel_size}
+
+
+def _batched(fn, images, batch_size, size) -> np.ndarray:
+    """``fn`` over ``images`` in batches of ``batch_size``; (N, size, size, 1) float32."""
+    x = _as_batch(images)
+    if len(x) == 0:
+        return np.zeros((0, size, size, 1), np.float32)
+    return np.concatenate([np.asarray(fn(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
 def _as_batch(images) -> np.ndarray:

@@ -218,8 +218,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     # the network trains on their output (computed once: the flips come after it, as before)
     pre = ImagePreprocessor(ds.size, enhancement=cfg["data"]["enhancement"],
                             normalization=cfg["data"]["normalization"], name="preprocessor")
-    pre.adapt(train.images)
-    x_tr, x_val = pre.transform(train.images)[..., 0], pre.transform(val.images)[..., 0]
+    x_tr, x_val = pre.adapt_transform(train.images)[..., 0], pre.transform(val.images)[..., 0]
     prior = prior_from_masks(train.masks) if cfg["model"]["position_prior"] else None
 
     replicas = strategy.num_replicas_in_sync
