@@ -312,17 +312,39 @@ def test_training_dataset_has_every_roi_in_all_four_orientations(rng):
         assert sorted(seen) == [(i, k) for i in range(n) for k in range(4)]
 
 
-def test_shuffle_is_deterministic_by_seed_and_reshuffled_per_epoch(rng):
+def test_shuffle_is_deterministic_by_seed_and_epoch(rng):
     x = rng.random((8, 4, 4)).astype(np.float32)
     m = (rng.random((8, 4, 4)) > 0.5).astype(np.uint8)
-    a = _epochs(make_tf_dataset(x, m, 4, training=True, seed=11), 2)
-    b = _epochs(make_tf_dataset(x, m, 4, training=True, seed=11), 2)
+    a = [_epochs(make_tf_dataset(x, m, 4, training=True, seed=11, epoch=e), 1)[0] for e in range(3)]
+    b = _epochs(make_tf_dataset(x, m, 4, training=True, seed=11, epoch=1), 2)
     c = _epochs(make_tf_dataset(x, m, 4, training=True, seed=12), 1)
-    for (xa, ya), (xb, yb) in zip(a, b):
-        np.testing.assert_array_equal(xa, xb)
-        np.testing.assert_array_equal(ya, yb)
+    for xb, yb in b:                                   # iterating again: the same epoch
+        np.testing.assert_array_equal(xb, a[1][0])
+        np.testing.assert_array_equal(yb, a[1][1])
     assert not np.array_equal(a[0][0], a[1][0])        # a new order each epoch
     assert not np.array_equal(a[0][0], c[0][0])        # another seed, another order
+
+
+def test_endless_dataset_gives_each_epoch_the_order_of_its_number(rng):
+    """A run resumed at epoch 2 (repeat from epoch=2) sees what an uninterrupted one sees there."""
+    from kerasseg.data.pipeline import epoch_steps
+
+    x = rng.random((5, 4, 4)).astype(np.float32)
+    m = (rng.random((5, 4, 4)) > 0.5).astype(np.uint8)
+    steps = epoch_steps(5, 3)
+    assert steps == 7                                  # 20 examples in batches of 3
+    straight = iter(make_tf_dataset(x, m, 3, training=True, seed=4, repeat=True))
+    resumed = iter(make_tf_dataset(x, m, 3, training=True, seed=4, epoch=2, repeat=True))
+    batches = [[next(straight) for _ in range(steps)] for _ in range(4)]
+    for e in (2, 3):
+        for (xa, ya), (xb, yb) in zip(batches[e], [next(resumed) for _ in range(steps)]):
+            np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+            np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+        # every epoch of the endless dataset holds all 20 examples exactly once
+        xs = np.concatenate([b[0].numpy() for b in batches[e]])
+        ref = np.concatenate([x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]])
+        assert sorted(map(bytes, xs[..., 0])) == sorted(map(bytes, ref))
+    assert epoch_steps(5, 3, flips=False, drop_remainder=True) == 1
 
 
 def test_eval_dataset_keeps_order_and_no_flips(rng):
@@ -344,6 +366,8 @@ def test_pipeline_errors(rng):
         make_tf_dataset(x, np.zeros_like(x, np.uint8), 0, training=True)
     with pytest.raises(KerassegError, match="masks shape"):
         make_tf_dataset(x, np.zeros((2, 4, 5), np.uint8), 2, training=True)
+    with pytest.raises(KerassegError, match="epoch"):
+        make_tf_dataset(x, np.zeros_like(x, np.uint8), 2, training=True, epoch=-1)
     with pytest.raises(KerassegError, match="only 0 and 1"):
         make_tf_dataset(x, np.full((2, 4, 4), 2, np.uint8), 2, training=False)
     with pytest.raises(KerassegError, match="N = 0"):

@@ -3,7 +3,8 @@
 Images arrive already preprocessed (by the model's own
 :class:`~kerasseg.layers.ImagePreprocessor`, fitted on the training split). For training, every ROI appears in all four orientations of
 the papers' flip augmentation (identity, horizontal, vertical, both) in every epoch, and the 4N
-examples are shuffled with the seed (a new, deterministic order each epoch).
+examples are shuffled in an order that depends only on ``(seed, epoch)`` (a new, deterministic
+order each epoch, the same after a resume).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 
 from kerasseg.errors import KerassegError
 
-__all__ = ["make_tf_dataset", "flip_augment", "ORIENTATIONS"]
+__all__ = ["make_tf_dataset", "flip_augment", "epoch_steps", "ORIENTATIONS"]
 
 #: order of the four orientations produced by :func:`flip_augment` and the training pipeline
 ORIENTATIONS = ("identity", "hflip", "vflip", "hvflip")
@@ -45,44 +46,61 @@ def flip_augment(images, masks):
     return four(x), four(y)
 
 
+def epoch_steps(n_rois: int, batch_size: int, *, flips: bool = True,
+                drop_remainder: bool = False) -> int:
+    """Batches per training epoch of :func:`make_tf_dataset` for ``n_rois`` ROIs."""
+    n = int(n_rois) * (4 if flips else 1)
+    return n // int(batch_size) if drop_remainder else -(-n // int(batch_size))
+
+
 def make_tf_dataset(images, masks, batch_size, *, training, seed=0, flips=True,
-                    drop_remainder=False):
+                    drop_remainder=False, epoch=0, repeat=False):
     """A ``tf.data.Dataset`` of ``(x, y)`` batches.
 
     ``x`` float32 (B, H, W, 1) from the (already normalised) ``images`` (N, H, W); ``y`` float32
     one-hot (B, H, W, 2) from ``masks`` in {0, 1} (channel 1 = mass).
 
     ``training=True``: with ``flips`` each ROI is present in all four orientations every epoch
-    (4N examples), shuffled with ``seed`` (reshuffled each epoch, deterministic for a seed).
-    ``training=False``: the N examples in their order, no flips, no shuffling.
-    The examples are cached after the first pass and batches are prefetched.
+    (4N examples, :func:`flip_augment`), in the order of training epoch ``epoch`` (0-based): a
+    permutation drawn by a stateless RNG keyed by ``(seed, epoch)`` only (Philox), so
+    epoch ``e`` has the same order however the run got there (a resumed run is bit-identical to
+    an uninterrupted one). The dataset is that one epoch (iterating it again gives the same
+    order); ``repeat=True`` makes it endless: epoch ``epoch``, then ``epoch + 1``, ... (each a
+    new order; ``fit`` passes ``steps_per_epoch=``:func:`epoch_steps`).
+    ``training=False``: the N examples in their order, no flips, no shuffling (cached).
+    Batches are prefetched.
     """
     import tensorflow as tf
 
     x, y = _check_pair(images, masks)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise KerassegError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise KerassegError(f"seed must be an integer, got {seed!r}")
-    n = len(x)
+    for name, value in (("seed", seed), ("epoch", epoch)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise KerassegError(f"{name} must be a non-negative integer, got {value!r}")
+    bs, drop = int(batch_size), bool(drop_remainder)
 
     def encode(img, msk):
         return img[..., None], tf.one_hot(tf.cast(msk, tf.int32), 2, dtype=tf.float32)
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).map(encode).cache()
-    if training:
-        if flips:
-            def four(img, lab):
-                imgs = tf.stack([img, tf.reverse(img, [1]), tf.reverse(img, [0]),
-                                 tf.reverse(img, [0, 1])])
-                labs = tf.stack([lab, tf.reverse(lab, [1]), tf.reverse(lab, [0]),
-                                 tf.reverse(lab, [0, 1])])
-                return tf.data.Dataset.from_tensor_slices((imgs, labs))
+    if not training:
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).map(encode).cache()
+        return ds.batch(bs, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
 
-            n *= 4
-            # flat_map hides the length; state it so Keras shows a full progress bar in the
-            # first epoch (and does not warn that the input "ran out of data")
-            ds = ds.flat_map(four).apply(tf.data.experimental.assert_cardinality(n))
-        ds = ds.shuffle(n, seed=int(seed), reshuffle_each_iteration=True)
-    ds = ds.batch(int(batch_size), drop_remainder=bool(drop_remainder))
+    if flips:
+        x, y = flip_augment(x, y)
+    xt, yt = tf.constant(x), tf.constant(y)
+    n = len(x)
+
+    def one_epoch(e):
+        key = tf.stack([tf.constant(int(seed), tf.int64), tf.cast(e, tf.int64)])
+        order = tf.argsort(tf.random.stateless_uniform([n], seed=key, dtype=tf.float32),
+                           stable=True)
+        idx = tf.data.Dataset.from_tensor_slices(order).batch(bs, drop_remainder=drop)
+        return idx.map(lambda i: encode(tf.gather(xt, i), tf.gather(yt, i)))
+
+    if repeat:
+        ds = tf.data.Dataset.counter(start=int(epoch)).flat_map(one_epoch)
+    else:
+        ds = one_epoch(tf.constant(int(epoch), tf.int64))
     return ds.prefetch(tf.data.AUTOTUNE)
