@@ -7,7 +7,9 @@ A prepared dataset is one compressed ``.npz`` with
 - ``split``   str (N,) in {"train", "val", "test"}
 - ``ids``     str (N,): stable ids such as ``<image id>-mass<k>``
 - optional ``spacing_mm`` float32 (N,), ``boxes`` int32 (N, 4) (x0, y0, x1, y1 in original
-  pixel coordinates, x = column) and ``source`` (str scalar).
+  pixel coordinates, x = column), ``group`` str (N,) (the patient, case or source image a ROI
+  comes from: splits and cross-validation folds never put one group on both sides; the readers
+  fill it) and ``source`` (str scalar).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ROIDataset:
     spacing_mm: np.ndarray | None = None
     boxes: np.ndarray | None = None
     source: str = "unknown"
+    group: np.ndarray | None = None
     _hash: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -56,6 +59,8 @@ class ROIDataset:
             self.spacing_mm = np.asarray(self.spacing_mm, dtype=np.float32)
         if self.boxes is not None:
             self.boxes = np.asarray(self.boxes, dtype=np.int32)
+        if self.group is not None:
+            self.group = np.asarray(self.group).astype(str)
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -82,6 +87,11 @@ class ROIDataset:
             if not np.all(np.isfinite(known) & (known > 0)):
                 raise KerassegError("spacing_mm must be > 0 and finite (NaN = unknown for that ROI), got "
                                     f"e.g. {known[~(np.isfinite(known) & (known > 0))][:3].tolist()}", path)
+        if self.group is not None:
+            if self.group.shape != (n,):
+                raise KerassegError(f"group must have shape ({n},), got {self.group.shape}", path)
+            if n and (np.char.str_len(self.group) == 0).any():
+                raise KerassegError("group labels must be non-empty strings", path)
         if self.boxes is not None and self.boxes.shape != (n, 4):
             raise KerassegError(f"boxes must have shape ({n}, 4), got {self.boxes.shape}", path)
         bad = sorted(set(self.split.tolist()) - set(SPLITS))
@@ -123,7 +133,18 @@ class ROIDataset:
             spacing_mm=None if self.spacing_mm is None else self.spacing_mm[index],
             boxes=None if self.boxes is None else self.boxes[index],
             source=self.source,
+            group=None if self.group is None else self.group[index],
         )
+
+    def groups(self) -> np.ndarray:
+        """The group of every ROI: the ``group`` array, or each ROI its own group (its id) without one."""
+        return self.ids.copy() if self.group is None else self.group.copy()
+
+    def with_split(self, split) -> "ROIDataset":
+        """The same ROIs with other split labels (e.g. one cross-validation fold)."""
+        return ROIDataset(images=self.images, masks=self.masks, split=np.asarray(split), ids=self.ids,
+                          spacing_mm=self.spacing_mm, boxes=self.boxes, source=self.source,
+                          group=self.group)
 
     def counts(self) -> dict:
         """Number of ROIs per split."""
@@ -159,6 +180,8 @@ def save_npz(ds: ROIDataset, path) -> Path:
         arrays["spacing_mm"] = ds.spacing_mm
     if ds.boxes is not None:
         arrays["boxes"] = ds.boxes
+    if ds.group is not None:
+        arrays["group"] = ds.group
     return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
@@ -180,6 +203,7 @@ def load_npz(path) -> ROIDataset:
                 spacing_mm=z["spacing_mm"] if "spacing_mm" in z.files else None,
                 boxes=z["boxes"] if "boxes" in z.files else None,
                 source=str(z["source"]) if "source" in z.files else "unknown",
+                group=z["group"] if "group" in z.files else None,
             )
     except KerassegError as exc:
         msg = str(exc)

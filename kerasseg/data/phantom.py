@@ -257,6 +257,7 @@ def make_phantom(n_train=58, n_val=12, n_test=58, size=40, seed=0, *, beta=3.0,
     changing ``n_test`` does not change the training ROIs. ``difficulty`` scales background
     structure and noise relative to the mass contrast (1.0 = the default task).
     ``return_info=True`` also returns a list of per-ROI dicts (shape, margin, area_mm2).
+    Every phantom ROI is drawn independently, so each is its own ``group``.
     """
     counts = {"train": n_train, "val": n_val, "test": n_test}
     for name, n in counts.items():
@@ -287,7 +288,7 @@ def make_phantom(n_train=58, n_val=12, n_test=58, size=40, seed=0, *, beta=3.0,
             infos.append(info)
     ds = ROIDataset(images=np.stack(images), masks=np.stack(masks), split=np.array(splits),
                     ids=np.array(ids), spacing_mm=np.array(spacing, dtype=np.float32),
-                    boxes=np.stack(boxes), source="phantom")
+                    boxes=np.stack(boxes), source="phantom", group=np.array(ids))
     return (ds, infos) if return_info else ds
 
 

@@ -17,6 +17,9 @@ Methods (``--split``):
 ``random``
     ROIs shuffled by the seed, ``round(test_fraction * N)`` of them in test.
 
+Cross-validation (``kerasseg fit --folds K``) uses :func:`group_kfold`: whole groups to each
+fold, the folds balanced in ROI count.
+
 In every method a validation subset is then carved **from train only** (never from test):
 ``round(val_fraction * n_train)`` ROIs, chosen by the seed, whole groups at a time for ``patient``.
 """
@@ -109,6 +112,34 @@ def assign(method: str, *, n: int, order_keys=None, groups=None, official=None,
     else:
         split = random_split(n, test_fraction, seed)
     return carve_val(split, val_fraction, seed, groups if method == "patient" else None)
+
+
+def group_kfold(groups, k: int, seed: int = 0) -> np.ndarray:
+    """Fold index (0 .. k-1) of every ROI: whole groups to one fold, folds balanced in ROI count.
+
+    Groups are visited largest first (ties in a seeded random order) and each goes to the fold
+    with the fewest ROIs so far (the lowest fold index on ties), so the result depends only on
+    ``groups``, ``k`` and ``seed``. A :class:`KerassegError` if there are fewer groups than folds.
+    """
+    if isinstance(k, bool) or int(k) != k or k < 2:
+        raise KerassegError(f"--folds must be an integer >= 2, got {k!r}")
+    k = int(k)
+    groups = np.asarray([str(g) for g in groups])
+    names = sorted(set(groups.tolist()), key=natural_key)
+    if len(names) < k:
+        raise KerassegError(f"{k} folds need at least {k} groups (patients/contours); the data has "
+                            f"{len(names)} among {len(groups)} ROIs")
+    sizes = {g: int((groups == g).sum()) for g in names}
+    rng = np.random.default_rng(seed)
+    shuffled = [names[i] for i in rng.permutation(len(names))]
+    order = sorted(shuffled, key=lambda g: -sizes[g])  # stable: ties keep the seeded order
+    load = np.zeros(k, dtype=np.int64)
+    fold_of_group = {}
+    for g in order:
+        f = int(np.argmin(load))
+        fold_of_group[g] = f
+        load[f] += sizes[g]
+    return np.asarray([fold_of_group[g] for g in groups], dtype=np.int64)
 
 
 def read_case_list(path) -> set[str]:

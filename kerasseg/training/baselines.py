@@ -46,6 +46,16 @@ def otsu_dice(images, masks) -> float:
     return _mean_dice(otsu_masks(images), masks)
 
 
+def prior_mask(train_masks) -> np.ndarray:
+    """The model-free prior: ``mean(train_masks) >= 0.5`` as a bool (H, W) mask."""
+    from kerasseg.training.metrics import binarize
+
+    train_masks = np.asarray(train_masks)
+    if train_masks.ndim != 3 or len(train_masks) == 0:
+        raise KerassegError(f"prior baseline: train masks must be (N, H, W) with N >= 1, got {train_masks.shape}")
+    return binarize(train_masks.astype(np.float64).mean(0)).astype(bool)
+
+
 def prior_dice(train_masks, masks) -> float:
     """Mean per-ROI Dice of ``mean(train_masks) >= 0.5`` against ``masks``."""
     train_masks = np.asarray(train_masks)
@@ -53,7 +63,4 @@ def prior_dice(train_masks, masks) -> float:
     if train_masks.ndim != 3 or masks.ndim != 3 or train_masks.shape[1:] != masks.shape[1:]:
         raise KerassegError(f"prior baseline: train masks {train_masks.shape} and masks "
                             f"{masks.shape} must be (N, H, W) of the same size")
-    from kerasseg.training.metrics import binarize
-
-    prior = binarize(train_masks.astype(np.float64).mean(0)).astype(bool)
-    return _mean_dice([prior] * len(masks), masks)
+    return _mean_dice([prior_mask(train_masks)] * len(masks), masks)

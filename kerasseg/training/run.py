@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from kerasseg.errors import KerassegError
@@ -75,3 +76,65 @@ def load_model_source(source):
         model, config = load_run(run)
         return as_segmenter(model), dict(config or {}), run
     return as_segmenter(load_model_file(path)), {}, None
+
+
+#: the ``kind`` written into a cross-validation folder's cv.json
+CV_KIND = "kerasseg-cv"
+NO_POSTPROCESSING = {"largest_component": False, "fill_holes": False}
+
+
+@dataclass
+class EnsembleSource:
+    """What :func:`load_ensemble_source` resolves: the members and how to combine them."""
+
+    members: list                   # segmenters (raw crop -> dict of probabilities)
+    config: dict                    # the (first) member's resolved config
+    postprocessing: dict            # {"largest_component": bool, "fill_holes": bool}
+    folds_dir: Path | None = None   # a cross-validation folder (cv.json + fold-<k>/)
+    run_dir: Path | None = None     # a single run directory
+    cv: dict | None = None          # the folder's cv.json
+
+
+def is_folds_dir(path) -> bool:
+    """True for a folder written by ``kerasseg fit --folds`` (it holds cv.json)."""
+    return Path(str(path)).is_dir() and (Path(str(path)) / "cv.json").is_file()
+
+
+def read_cv(folds_dir) -> dict:
+    """The cv.json of a cross-validation folder; a one-line error if it is unreadable."""
+    import json
+
+    path = Path(folds_dir) / "cv.json"
+    try:
+        cv = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KerassegError(f"cannot read cv.json ({exc.__class__.__name__})", path) from None
+    if not isinstance(cv, dict) or cv.get("kind") != CV_KIND:
+        raise KerassegError(f"not a kerasseg cross-validation file (kind != {CV_KIND!r})", path)
+    return cv
+
+
+def load_ensemble_source(source) -> EnsembleSource:
+    """Resolve a model source into ensemble members.
+
+    A cross-validation folder (``kerasseg fit --folds``: cv.json + ``fold-<k>/`` run dirs) gives
+    one member per fold and the post-processing chosen on its out-of-fold predictions; a run
+    directory, ``.keras`` file or keras.Model gives one member and no post-processing. A folder
+    whose cross-validation has not finished (status not "finished") is refused.
+    """
+    if not isinstance(source, (str, Path)) or not is_folds_dir(source):
+        model, config, run_dir = load_model_source(source)
+        return EnsembleSource([model], config, dict(NO_POSTPROCESSING), None, run_dir, None)
+    folds_dir = Path(str(source))
+    cv = read_cv(folds_dir)
+    if cv.get("status") != "finished":
+        raise KerassegError(f"cross-validation is not finished (status {cv.get('status')!r}); rerun "
+                            "the same `kerasseg fit --folds` command to complete it", folds_dir)
+    members, config = [], {}
+    for k in range(1, int(cv["folds"]) + 1):
+        model, cfg = load_run(folds_dir / f"fold-{k}")
+        members.append(model)
+        config = config or dict(cfg or {})
+    post = {**NO_POSTPROCESSING, **{k: bool(v) for k, v in (cv.get("postprocessing") or {}).items()
+                                    if k in NO_POSTPROCESSING}}
+    return EnsembleSource(members, config, post, folds_dir, None, cv)

@@ -128,7 +128,7 @@ def build_dataset(records, *, size=40, margin=0.0, mirror=False, split="auto", s
     return ROIDataset(
         images=np.stack(images), masks=np.stack(masks), split=labels, ids=np.asarray(ids),
         spacing_mm=None if np.all(np.isnan(sp)) else sp,
-        boxes=np.asarray(boxes, dtype=np.int32), source=source,
+        boxes=np.asarray(boxes, dtype=np.int32), source=source, group=np.asarray(groups),
     )
 
 

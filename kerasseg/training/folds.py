@@ -1,0 +1,268 @@
+"""Grouped K-fold cross-validation: ``kerasseg fit CONFIG --folds K --out DIR``.
+
+The train and val ROIs of the data form the pool; :func:`kerasseg.data.splits.group_kfold` puts
+whole groups (patients, contours) into K folds of about equal ROI count. Fold k trains on the
+other K-1 folds and chooses its best epoch on fold k (its held-out fold); the test split is never
+used for any choice. Layout of ``DIR``::
+
+    cv.json          status, folds, per-fold and pooled out-of-fold Dice beside the model-free
+                     baselines, the post-processing chosen on the out-of-fold predictions
+    oof.npz          ids, fold, prob (out-of-fold mass probability), mask, dice (per ROI, with
+                     the chosen post-processing), prior_dice, otsu_dice
+    data/fold-<k>.npz  the data with fold k's split labels (what the fold's run trained on)
+    fold-<k>/        an ordinary run directory (:func:`kerasseg.training.fit`), resumable
+
+Post-processing is chosen as nnU-Net does: keeping the largest connected component is adopted
+only if it raises the mean out-of-fold Dice, then filling holes (on top of that choice) only if it
+raises it again. ``kerasseg evaluate DIR``, ``predict`` and ``export`` use the folds as one
+ensemble (mean of the members' probabilities) with that post-processing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kerasseg.errors import KerassegError
+from kerasseg.training.run import CV_KIND, NO_POSTPROCESSING
+
+
+@dataclass
+class CVResult:
+    """What :func:`fit_folds` returns (a summary of cv.json)."""
+
+    folds_dir: str
+    folds: int
+    oof_dice: float
+    fold_dice_mean: float
+    fold_dice_std: float
+    prior_dice: float
+    otsu_dice: float
+    postprocessing: dict
+    test: dict | None = None
+    per_fold: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        pp = [k for k, v in self.postprocessing.items() if v] or ["none"]
+        text = (f"{self.folds}-fold cross-validation: out-of-fold Dice {self.oof_dice:.4f} "
+                f"(per fold {self.fold_dice_mean:.4f} ± {self.fold_dice_std:.4f}); model-free "
+                f"baselines on the same ROIs: mean training mask {self.prior_dice:.4f}, Otsu "
+                f"{self.otsu_dice:.4f}; post-processing chosen on CV: {', '.join(pp)}")
+        if self.test:
+            text += (f"\nfold ensemble on {self.test['n']} test ROIs: Dice {self.test['ensemble_dice']:.4f} "
+                     f"(mean training mask {self.test['prior_dice']:.4f}, Otsu {self.test['otsu_dice']:.4f})")
+        return text + f"\nfolder {self.folds_dir}"
+
+
+def fold_labels(split, groups, k: int, seed: int) -> np.ndarray:
+    """Fold number (1..k) of every train/val ROI, 0 for test ROIs (grouped, balanced)."""
+    from kerasseg.data.splits import group_kfold
+
+    split = np.asarray(split).astype(str)
+    pool = np.isin(split, ("train", "val"))
+    fold = np.zeros(len(split), np.int64)
+    fold[pool] = group_kfold(np.asarray(groups)[pool], k, seed) + 1
+    return fold
+
+
+def _groups_hash(groups) -> str:
+    return hashlib.sha256("\x00".join(np.asarray(groups).astype(str).tolist()).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, obj) -> None:
+    from kerasseg.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _per_roi_dice(pred, masks) -> np.ndarray:
+    from kerasseg.training.metrics import dice_per_image
+
+    return np.asarray(dice_per_image(np.asarray(pred), np.asarray(masks)), np.float64)
+
+
+def postprocess_masks(masks, choice: dict) -> np.ndarray:
+    """``masks`` (N, H, W) after the chosen post-processing (the graph ops of predict/export)."""
+    from kerasseg.layers.postprocessing import postprocess
+
+    masks = np.asarray(masks, np.uint8)
+    if not any(choice.values()) or len(masks) == 0:
+        return masks
+    return np.asarray(postprocess(masks, **choice), np.uint8)
+
+
+def choose_postprocessing(prob, masks) -> tuple[dict, dict]:
+    """nnU-Net's rule on out-of-fold predictions: each step kept only if it raises the mean Dice.
+
+    Returns ``(choice, tried)``: the chosen ``{"largest_component", "fill_holes"}`` flags and the
+    mean Dice of every variant tried.
+    """
+    from kerasseg.training.metrics import binarize
+
+    raw = binarize(np.asarray(prob, np.float32))
+    choice = dict(NO_POSTPROCESSING)
+    best = float(_per_roi_dice(raw, masks).mean())
+    tried = {"none": best}
+    for step in ("largest_component", "fill_holes"):
+        trial = {**choice, step: True}
+        name = "+".join(k for k, v in trial.items() if v)
+        score = float(_per_roi_dice(postprocess_masks(raw, trial), masks).mean())
+        tried[name] = score
+        if score > best:
+            choice, best = trial, score
+    return choice, tried
+
+
+def _check_resume(out: Path, expect: dict) -> None:
+    path = out / "cv.json"
+    if not path.is_file():
+        return
+    try:
+        cv = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise KerassegError("cv.json is unreadable; delete the folder or choose another --out", path) from None
+    if cv.get("status") == "finished":
+        raise KerassegError("holds a finished cross-validation; choose another --out or delete it", out)
+    for key, value in expect.items():
+        if cv.get(key) != value:
+            raise KerassegError(f"holds an unfinished cross-validation with another {key} "
+                                f"({cv.get(key)!r}, now {value!r}); rerun the same command or use another --out", out)
+
+
+def _finished_run(run_dir: Path) -> bool:
+    try:
+        return (json.loads((run_dir / "run.json").read_text()).get("status") == "finished"
+                and (run_dir / "model.keras").is_file())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=None, seed=None,
+              devices=None, dataset=None, verbose="auto") -> CVResult:
+    """Grouped ``folds``-fold cross-validation of ``config`` on ``data`` into ``out_dir``.
+
+    Arguments as :func:`kerasseg.training.fit`; ``seed`` (default: the config's) seeds both the
+    fold assignment and every fold's training. Rerunning the same command resumes: finished folds
+    are kept, an unfinished fold resumes from its checkpoint.
+    """
+    from kerasseg.config import resolve_config
+    from kerasseg.data.dataset import load_data, save_npz
+    from kerasseg.fileio import output_dir
+    from kerasseg.training.baselines import otsu_masks, prior_mask
+    from kerasseg.training.fit import fit
+    from kerasseg.training.metrics import binarize
+    from kerasseg.training.run import load_run
+
+    t0 = time.time()
+    ds = load_data(data)
+    cfg = resolve_config(config)
+    if seed is not None and (isinstance(seed, bool) or int(seed) != seed or seed < 0):
+        raise KerassegError(f"--seed must be a non-negative integer, got {seed!r}")
+    seed = int(cfg["train"]["seed"] if seed is None else seed)
+    groups = ds.groups()
+    if ds.group is None:
+        from kerasseg.errors import warn
+
+        warn("the data has no 'group' array: every ROI is its own group, so ROIs of one patient "
+             "may land in different folds (prepare the data again to record the groups)", data)
+    fold = fold_labels(ds.split, groups, folds, seed)
+    k_folds = int(folds)
+    out = output_dir(Path(out_dir or f"runs/{cfg['name']}-cv{k_folds}"), "cross-validation folder")
+    expect = {"kind": CV_KIND, "config": cfg["name"], "folds": k_folds, "seed": seed,
+              "data_hash": ds.data_hash(), "groups_hash": _groups_hash(groups)}
+    _check_resume(out, expect)
+    state = {**expect, "status": "running", "data": str(data or "phantom"),
+             "n_groups": int(len(set(groups[fold > 0].tolist()))), "n_pool": int((fold > 0).sum()),
+             "n_test": int((fold == 0).sum())}
+    _write_json(out / "cv.json", state)
+
+    (out / "data").mkdir(exist_ok=True)
+    fold_runs = []
+    for k in range(1, k_folds + 1):
+        split = np.where(fold == 0, ds.split, np.where(fold == k, "val", "train"))
+        npz = out / "data" / f"fold-{k}.npz"
+        fold_ds = ds.with_split(split)
+        if not npz.is_file():
+            save_npz(fold_ds, npz)
+        run_dir = out / f"fold-{k}"
+        if verbose:
+            print(f"fold {k}/{k_folds}: {int((split == 'train').sum())} train, "
+                  f"{int((split == 'val').sum())} held-out ROIs -> {run_dir}", flush=True)
+        if not _finished_run(run_dir):
+            fit(config, str(npz), run_dir, epochs=epochs, seed=seed, devices=devices,
+                dataset=dataset, verbose=verbose)
+        fold_runs.append(run_dir)
+
+    # out-of-fold predictions: each pool ROI predicted by the fold that never saw it
+    from kerasseg.models.segmenter import predict_probability
+
+    pool = fold > 0
+    prob = np.zeros(ds.images.shape, np.float32)
+    prior_pred = np.zeros(ds.masks.shape, np.uint8)
+    per_fold = []
+    for k, run_dir in enumerate(fold_runs, start=1):
+        sel = fold == k
+        model, _ = load_run(run_dir)
+        prob[sel] = predict_probability(model, ds.images[sel])
+        prior_pred[sel] = prior_mask(ds.masks[pool & ~sel])
+        info = json.loads((run_dir / "run.json").read_text())
+        per_fold.append({"fold": k, "n_train": int((pool & ~sel).sum()), "n_held_out": int(sel.sum()),
+                         "best_epoch": info.get("best_epoch"), "val_dice": info.get("val_dice")})
+    raw_pred = binarize(prob)
+    choice, tried = choose_postprocessing(prob[pool], ds.masks[pool])
+    pred = raw_pred.copy()
+    pred[pool] = postprocess_masks(raw_pred[pool], choice)
+    dice = _per_roi_dice(pred[pool], ds.masks[pool])
+    d_prior = _per_roi_dice(prior_pred[pool], ds.masks[pool])
+    d_otsu = _per_roi_dice(otsu_masks(ds.images[pool]), ds.masks[pool])
+    fold_pool = fold[pool]
+    for entry in per_fold:
+        sel = fold_pool == entry["fold"]
+        entry.update({"oof_dice": float(dice[sel].mean()), "prior_dice": float(d_prior[sel].mean()),
+                      "otsu_dice": float(d_otsu[sel].mean())})
+    fold_means = np.array([e["oof_dice"] for e in per_fold])
+    from kerasseg.fileio import atomic_write
+
+    atomic_write(out / "oof.npz", lambda fh: np.savez_compressed(
+        fh, ids=ds.ids[pool], fold=fold_pool, prob=prob[pool], mask=ds.masks[pool], pred=pred[pool],
+        dice=dice, prior_dice=d_prior, otsu_dice=d_otsu, group=groups[pool]), mode="wb")
+
+    test = None
+    if (fold == 0).any():
+        test = _ensemble_test(fold_runs, ds, fold == 0, choice, prior_mask(ds.masks[pool]))
+    state.update({
+        "status": "finished",
+        "per_fold": per_fold,
+        "oof": {"dice_mean": float(dice.mean()), "dice_std": float(dice.std()),
+                "fold_dice_mean": float(fold_means.mean()), "fold_dice_std": float(fold_means.std()),
+                "prior_dice_mean": float(d_prior.mean()), "otsu_dice_mean": float(d_otsu.mean()),
+                "raw_dice_mean": float(tried["none"])},
+        "postprocessing": choice,
+        "postprocessing_tried": tried,
+        "test": test,
+        "seconds": round(time.time() - t0, 1),
+    })
+    _write_json(out / "cv.json", state)
+    return CVResult(str(out), k_folds, float(dice.mean()), float(fold_means.mean()),
+                    float(fold_means.std()), float(d_prior.mean()), float(d_otsu.mean()), choice,
+                    test, per_fold)
+
+
+def _ensemble_test(fold_runs, ds, sel, choice, prior) -> dict:
+    """The fold ensemble (no TTA, the chosen post-processing) on the test ROIs, with the baselines."""
+    from kerasseg.models.ensemble import ensemble_function, predict_ensemble
+    from kerasseg.training.baselines import otsu_masks
+    from kerasseg.training.run import load_run
+
+    members = [load_run(r)[0] for r in fold_runs]
+    out = predict_ensemble(ensemble_function(members, tta="none", postprocessing=choice), ds.images[sel])
+    masks = ds.masks[sel]
+    return {"n": int(sel.sum()),
+            "ensemble_dice": float(_per_roi_dice(out["mask"], masks).mean()),
+            "prior_dice": float(_per_roi_dice(np.broadcast_to(prior, masks.shape), masks).mean()),
+            "otsu_dice": float(_per_roi_dice(otsu_masks(ds.images[sel]), masks).mean())}
