@@ -8,7 +8,8 @@ import tensorflow as tf
 from kerasseg.training.strategy import cpu_mirrored_strategy
 
 from kerasseg.training import losses
-from kerasseg.training.adversarial import SegmentationModel, fgm_perturbation
+from kerasseg.training.adversarial import fgm_perturbation
+from kerasseg.training.segmentation_model import SegmentationModel
 from kerasseg.training.metrics import binarize, dice_per_image
 
 
@@ -90,8 +91,8 @@ def test_adversarial_gradient_matches_reference(rng, crf):
     x[2] *= 100.0  # very different input-gradient scales across examples
     lam = 0.67 if crf else 0.0
     net = tiny_net(crf=crf)
-    model = SegmentationModel(net, lam=lam, adversarial=True, epsilon=0.3)
-    grads, _, per_adv, _, _ = model.compute_gradients(tf.constant(x), tf.constant(y))
+    w0 = [w.numpy().astype(np.float64) for w in net.trainable_weights]
+    lr = 1000.0  # one SGD step: (w0 - w1) / lr is the step's gradient, to float32 precision of it
 
     xt = tf.constant(x)
     with tf.GradientTape() as t:
@@ -105,9 +106,16 @@ def test_adversarial_gradient_matches_reference(rng, crf):
         l_adv = tf.reduce_mean(losses.per_example_loss(net(x_adv, training=True), y, lam))
         total = l_clean + l_adv
     want = t2.gradient(total, net.trainable_weights)
+
+    model = SegmentationModel(net, lam=lam, adversarial=True, epsilon=0.3)
+    model.compile(optimizer=keras.optimizers.SGD(lr))
+    logs = model.train_on_batch(x, y, return_dict=True)
+    grads = [(a - w.numpy().astype(np.float64)) / lr for a, w in zip(w0, net.trainable_weights)]
     for g, w in zip(grads, want):
-        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=2e-4, atol=1e-6)
-    np.testing.assert_allclose(tf.reduce_mean(per_adv).numpy(), l_adv.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(g, w.numpy(), rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(logs["adv_loss"], l_adv.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(logs["clean_loss"], l_clean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], l_clean.numpy() + l_adv.numpy(), rtol=1e-5)
 
 
 def test_metrics_are_true_values(rng):
