@@ -148,7 +148,7 @@ def test_saved_model_cli_lists_signatures(exported):
     byts = "\n".join(sigs["serving_bytes"])
     # defined ranks (TF Serving conventions): [-1, -1, -1], [-1, -1, -1, 1], [-1] strings
     assert "inputs['image'] tensor_info" in serve and "(-1, -1, -1)" in serve and "unknown_rank" not in serve
-    assert "outputs['probability']" in serve and "outputs['mask']" in serve
+    assert "outputs['probability']" in serve and "outputs['mask']" in serve and "outputs['uncertainty']" in serve
     assert "DT_UINT8" in serve and "DT_FLOAT" in serve
     assert "(-1, -1, -1, 1)" in four
     assert "inputs['image_bytes']" in byts and "DT_STRING" in byts and "shape: (-1)" in byts
@@ -198,6 +198,8 @@ def test_loads_without_kerasseg_and_matches_keras(model, network, exported, rois
         np.testing.assert_allclose(prob, expected, atol=1e-5)
         np.testing.assert_array_equal(res[f"{key}/mask"], (prob >= 0.5).astype(np.uint8))
         assert res[f"{key}/mask"].dtype == np.uint8
+        # one model without TTA: nothing to disagree with
+        np.testing.assert_array_equal(res[f"{key}/uncertainty"], np.zeros_like(prob))
     m = res["serving_default__x40/mask"]
     assert 0 < m.sum() < m.size  # non-trivial masks
 
@@ -260,7 +262,7 @@ def test_warmup_requests_and_model_card(model, exported):
         if sig == "serving_bytes":
             args = {k: tf.constant(list(v.reshape(-1)), tf.string) for k, v in args.items()}
         out = loaded.signatures[sig](**{k: tf.constant(v) for k, v in args.items()})
-        assert set(out) == {"probability", "mask"}
+        assert set(out) == {"probability", "mask", "uncertainty"}
     assert seen == set(savedmodel.SIGNATURES)
     card = json.loads((path / "assets" / "model_card.json").read_text())
     assert card["input_contract"]["model_size"] == 40
@@ -306,7 +308,7 @@ def test_rest_body_round_trip(model, exported, rois):
     resp = json.loads(json.dumps(_rest_predict(loaded, body)))
     assert list(resp) == ["predictions"] and len(resp["predictions"]) == 1
     pred = resp["predictions"][0]
-    assert set(pred) == {"probability", "mask"}
+    assert set(pred) == {"probability", "mask", "uncertainty"}
     prob = np.asarray(pred["probability"])
     mask = np.asarray(pred["mask"])
     assert prob.shape == roi.shape and mask.shape == roi.shape

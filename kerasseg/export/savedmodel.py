@@ -1,4 +1,4 @@
-"""Export a trained segmenter as a TF Serving SavedModel.
+"""Export a trained segmenter, or the ensemble of a cross-validation folds dir, as a TF Serving SavedModel.
 
 The exported folder follows TF Serving's layout ``BASE/NAME/<version>/`` (``saved_model.pb``,
 ``variables/``, ``assets/model_card.json``, ``assets.extra/tf_serving_warmup_requests``). Every
@@ -7,6 +7,11 @@ preprocessing layers (resize to the model size, enhancement, normalisation), the
 with its inference iteration count), the final mass probability resized back to the crop size
 (bilinear, :func:`kerasseg.data.transforms.resize`) and the one threshold (``>= 0.5``). Only core
 TF ops (checked by :func:`graph_ops`), so a stock ``tensorflow_model_server`` serves it.
+
+The graph is :func:`kerasseg.models.ensemble.ensemble_function`: for a single run it equals
+:func:`kerasseg.models.segmenter.segment_function` exactly (one member, no TTA, no post-processing);
+a folds dir (``kerasseg fit --folds``) exports ONE SavedModel with every fold's network, the
+test-time augmentation (``tta``: none / flips / dihedral) and the post-processing its cv.json chose.
 
 ``serving_default``
     input ``image`` float32 ``[batch, height, width]``: raw ROI crops, any size >= 8 x 8.
@@ -17,7 +22,9 @@ TF ops (checked by :func:`graph_ops`), so a stock ``tensorflow_model_server`` se
     crops of one size (REST clients send ``{"b64": ...}``), decoded in the graph with the one
     RGB-to-grey rule of :mod:`kerasseg.data.imageio`.
 
-All three output ``probability`` float32 ``[batch, height, width]`` and ``mask`` uint8. A request
+All three output ``probability`` float32 ``[batch, height, width]`` (mean over members x TTA
+transforms), ``mask`` uint8 (thresholded, post-processed) and ``uncertainty`` float32 (population
+std over members x transforms; 0 for one model without TTA). A request
 with an empty batch, a side under 8 px, NaN/inf pixels or bytes that are no such image fails with
 ``InvalidArgumentError`` naming the input and this contract.
 """
@@ -47,6 +54,14 @@ def load_source(source):
     from kerasseg.training.run import load_model_source
 
     return load_model_source(source)
+
+
+def load_ensemble(source):
+    """The :class:`~kerasseg.training.run.EnsembleSource` of a folds dir, run dir, ``.keras`` file,
+    keras.Model (or an EnsembleSource, returned as is)."""
+    from kerasseg.training.run import EnsembleSource, load_ensemble_source
+
+    return source if isinstance(source, EnsembleSource) else load_ensemble_source(source)
 
 
 # --------------------------------------------------------------------------- decoding bytes
@@ -88,20 +103,36 @@ def decode_image_bytes(data):
 
 
 # --------------------------------------------------------------------------- the serving module
-def build_serving_module(model):
-    """A ``tf.Module`` with the three signature functions around a segmenter (or bare network);
-    each validates its input and runs :func:`kerasseg.models.segmenter.segment_function`."""
+def build_serving_module(model, tta: str = "none", postprocessing: dict | None = None):
+    """A ``tf.Module`` with the three signature functions; each validates its input and runs
+    :func:`kerasseg.models.ensemble.ensemble_function`.
+
+    Args:
+        model: a segmenter (or bare network), a list of them (ensemble members) or an
+            :class:`~kerasseg.training.run.EnsembleSource` (its post-processing is used unless
+            ``postprocessing`` is given).
+        tta: one of :data:`kerasseg.models.ensemble.TTA_MODES`.
+        postprocessing: ``{"largest_component": bool, "fill_holes": bool}`` or None.
+    """
     import tensorflow as tf
 
-    from kerasseg.models.segmenter import model_size, segment_function
+    from kerasseg.models.ensemble import ensemble_function
+    from kerasseg.training.run import EnsembleSource
 
-    segment = segment_function(model)
+    if isinstance(model, EnsembleSource):
+        if postprocessing is None:
+            postprocessing = model.postprocessing
+        model = model.members
+    segment = ensemble_function(model, tta=tta, postprocessing=postprocessing)
 
     class SegmentationServing(tf.Module):
         def __init__(self):
             super().__init__(name="kerasseg_serving")
-            self.model = segment.model
-            self.size = model_size(segment.model)
+            self.members = list(segment.members)  # tracked: every member's variables are saved
+            self.model = self.members[0]
+            self.size = segment.size
+            self.tta = segment.tta
+            self.postprocessing = dict(segment.postprocessing)
 
         @staticmethod
         def _check(x, name):
@@ -162,8 +193,25 @@ def signatures_of(module) -> dict:
 
 
 # --------------------------------------------------------------------------- model card and warmup
-def model_card(model, config: dict, run_dir) -> dict:
-    """What a serving engineer needs to know about an export (written to ``assets/model_card.json``)."""
+def _run_json(run_dir) -> dict:
+    if run_dir is not None and (Path(run_dir) / "run.json").is_file():
+        try:
+            return json.loads((Path(run_dir) / "run.json").read_text())
+        except (OSError, ValueError):
+            return {}
+    return {}
+
+
+_RUN_METRICS = ("best_epoch", "val_dice", "test_dice", "otsu_test_dice", "prior_test_dice")
+
+
+def model_card(model, config: dict, run_dir, *, members=None, tta: str = "none", postprocessing=None,
+               folds_dir=None, cv: dict | None = None) -> dict:
+    """What a serving engineer needs to know about an export (written to ``assets/model_card.json``).
+
+    ``model`` is the (first) member; ``members`` the ensemble's members (default ``[model]``);
+    a folds dir adds its cv.json summary and each fold's run metrics.
+    """
     import keras
     import tensorflow as tf
 
@@ -171,12 +219,19 @@ def model_card(model, config: dict, run_dir) -> dict:
     from kerasseg.models import final_key
     from kerasseg.models.segmenter import get_preprocessor, model_size
 
-    run = {}
-    if run_dir is not None and (Path(run_dir) / "run.json").is_file():
-        try:
-            run = json.loads((Path(run_dir) / "run.json").read_text())
-        except (OSError, ValueError):
-            run = {}
+    run = _run_json(run_dir)
+    members = list(members) if members is not None else [model]
+    member_rows = []
+    for k, m in enumerate(members, start=1):
+        row = {"name": m.name, "final_output": final_key(m), "model_size": model_size(m)}
+        if folds_dir is not None:
+            fold = Path(folds_dir) / f"fold-{k}"
+            fold_run = _run_json(fold)
+            row.update({"run_dir": f"fold-{k}", "data_hash": fold_run.get("data_hash"),
+                        "metrics": {key: fold_run.get(key) for key in _RUN_METRICS}})
+        elif run_dir is not None:
+            row.update({"run_dir": str(run_dir), "metrics": {key: run.get(key) for key in _RUN_METRICS}})
+        member_rows.append(row)
     pre = get_preprocessor(model)
     return {
         "name": config.get("name") or model.name,
@@ -184,15 +239,23 @@ def model_card(model, config: dict, run_dir) -> dict:
         "description": config.get("description", ""),
         "config": config,
         "data": run.get("data"), "data_hash": run.get("data_hash"), "counts": run.get("counts"),
-        "metrics": {k: run.get(k) for k in ("best_epoch", "val_dice", "test_dice", "otsu_test_dice",
-                                            "prior_test_dice")},
+        "metrics": {k: run.get(k) for k in _RUN_METRICS},
+        "ensemble": {
+            "members": member_rows,
+            "tta": tta,
+            "postprocessing": {"largest_component": False, "fill_holes": False, **(postprocessing or {})},
+            "cv": None if cv is None else {"folds_dir": str(folds_dir), **cv},
+        },
         "input_contract": {
             "serving_default": {"image": CONTRACT},
             "serving_4d": {"image": "the same as float32 [batch, height, width, 1]"},
             "serving_bytes": {"image_bytes": "string [batch] of encoded PNG (8/16-bit), JPEG or BMP "
                               "crops of one size; REST: {\"b64\": ...}"},
             "outputs": {"probability": "float32 [batch, height, width] mass probability",
-                        "mask": "uint8 [batch, height, width], probability >= 0.5"},
+                        "mask": "uint8 [batch, height, width], probability >= 0.5, then the "
+                                "post-processing",
+                        "uncertainty": "float32 [batch, height, width] population std of the mass "
+                                       "probability over members x TTA transforms"},
             "model_size": model_size(model),
             "preprocessing": None if pre is None else pre.get_config(),
             "final_output": final_key(model),
@@ -264,8 +327,11 @@ def _write_saved_model(module, path: Path, card: dict | None = None, model_name:
             writer.write(log.SerializeToString())
 
 
-def export_model(source, out, version: int | None = None, force: bool = False) -> Path:
-    """Export ``source`` (run dir, ``.keras`` file or keras.Model) to ``out/<version>``.
+def export_model(source, out, version: int | None = None, force: bool = False, tta: str = "none") -> Path:
+    """Export ``source`` (folds dir, run dir, ``.keras`` file or keras.Model) to ``out/<version>``.
+
+    A folds dir becomes ONE SavedModel with all its members, ``tta`` and the post-processing of its
+    cv.json in the graph (:func:`kerasseg.models.ensemble.ensemble_function`).
 
     ``version`` defaults to the highest existing version + 1 (1 for a new folder). The SavedModel is
     written to a temporary folder beside the target and renamed into place, so a polling server never
@@ -288,9 +354,13 @@ def export_model(source, out, version: int | None = None, force: bool = False) -
     if target.exists() and not force:
         raise KerassegError("version already exists; use --force to overwrite it", target)
 
-    model, config, run_dir = load_source(source)
-    module = build_serving_module(model)
-    card = model_card(model, config, run_dir)
+    from kerasseg.models.ensemble import tta_transforms
+
+    tta_transforms(tta)  # a one-line error for an unknown mode, before loading the models
+    src = load_ensemble(source)
+    module = build_serving_module(src, tta=tta)
+    card = model_card(module.model, src.config, src.run_dir, members=module.members, tta=tta,
+                      postprocessing=module.postprocessing, folds_dir=src.folds_dir, cv=src.cv)
 
     from kerasseg.fileio import output_dir
 
