@@ -11,12 +11,15 @@ import click
 @click.option("--out", "out", default=None, type=click.Path(path_type=str),
               help="Report folder (default: RUN_DIR/eval-<split>).")
 @click.option("--batch-size", "batch_size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--tta", type=click.Choice(["none", "flips", "dihedral"]), default="none", show_default=True,
+              help="Test-time augmentation: average over 4 flips or the 8 flips/rotations of each ROI.")
 @click.option("--no-figures", "no_figures", is_flag=True, help="Skip the PNG figures.")
-def evaluate_cmd(source, data, split, out, batch_size, no_figures):
-    """Evaluate RUN_DIR (or MODEL.keras): Dice, IoU, HD95, trimap accuracy, figures, predictions."""
+def evaluate_cmd(source, data, split, out, batch_size, tta, no_figures):
+    """Evaluate RUN_DIR, a cross-validation folder (the ensemble of its folds) or MODEL.keras:
+    Dice, IoU, HD95, trimap accuracy, figures, predictions (+ uncertainty for ensembles/TTA)."""
     from kerasseg.evaluation.report import evaluate_run
 
-    evaluate_run(source, data=data, split=split, out_dir=out, batch_size=batch_size,
+    evaluate_run(source, data=data, split=split, out_dir=out, tta=tta, batch_size=batch_size,
                  figures=not no_figures, verbose=True)
 
 

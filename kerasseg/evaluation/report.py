@@ -86,30 +86,7 @@ def _make_dir(out_dir) -> Path:
     return output_dir(out_dir, "report folder")
 
 
-# ------------------------------------------------------------------ loading a model
-def _load_source(run_or_model):
-    """(segmenter, config, run_dir or None, label)."""
-    import keras
-
-    from kerasseg.training.run import load_model_source
-
-    model, config, run_dir = load_model_source(run_or_model)
-    label = getattr(run_or_model, "name", "model") if isinstance(run_or_model, keras.Model) else str(run_or_model)
-    return model, config, run_dir, label
-
-
-def _final_key(model, outputs) -> str:
-    try:
-        from kerasseg.models import final_key
-
-        key = final_key(model)
-        if key in outputs:
-            return key
-    except Exception:  # noqa: BLE001 - fall back to the output names below
-        pass
-    return "crf" if "crf" in outputs else "net"
-
-
+# ------------------------------------------------------------------ inference
 def predict_probabilities(model, images, batch_size=32, verbose=True) -> tuple[np.ndarray, str]:
     """Mass probability maps (N,H,W) float32 of raw ROIs (N,H,W) through the one inference graph
     (:func:`kerasseg.models.segmenter.segment_function`, the same one export serves), and the
@@ -138,8 +115,13 @@ def _default_data(config, run_dir):
 # ------------------------------------------------------------------ evaluate
 def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, split="test",
                     data_hash="", model_label="", run=None, final_output="", extra=None,
-                    figures=True, verbose=True) -> dict:
-    """Write a complete report from probability maps and masks; returns the metrics dict."""
+                    figures=True, verbose=True, pred=None, uncertainty=None) -> dict:
+    """Write a complete report from probability maps and masks; returns the metrics dict.
+
+    ``pred``: the predicted masks when they are not just ``binarize(prob)`` (an ensemble's
+    post-processed masks); ``uncertainty``: per-pixel std over ensemble members x TTA transforms
+    (saved in predictions.npz and drawn as ``uncertainty.png``).
+    """
     prob = np.asarray(prob, np.float32)
     masks = np.asarray(masks).astype(np.uint8)
     ids = np.asarray(ids).astype(str)
@@ -149,7 +131,9 @@ def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, 
         raise KerassegError(f"{len(ids)} ids for {len(prob)} images")
     if len(prob) == 0:
         raise KerassegError(f"no ROIs to evaluate in split {split!r}")
-    pred = binarize(np.asarray(prob))
+    pred = binarize(np.asarray(prob)) if pred is None else np.asarray(pred).astype(np.uint8)
+    if pred.shape != prob.shape:
+        raise KerassegError(f"predicted masks {pred.shape} and probabilities {prob.shape} differ in shape")
     summary, per = M.summarize(pred, masks, spacing_mm)
     out = _make_dir(out_dir)
     result = {
@@ -184,6 +168,9 @@ def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, 
         arrays["spacing_mm"] = np.asarray(spacing_mm, np.float32)
     if images is not None:
         arrays["images"] = np.asarray(images, np.float32)   # raw ROIs, for comparison figures
+    if uncertainty is not None:
+        arrays["uncertainty"] = np.asarray(uncertainty, np.float32)
+        result["uncertainty_mean"] = float(np.mean(arrays["uncertainty"]))
     write_npz(out / "predictions.npz", **arrays)
     if figures:
         plots.dice_histogram(per["dice"], out / "dice_hist.png", title=f"{split} Dice")
@@ -192,6 +179,9 @@ def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, 
                            k=min(5, len(ids)), ids=ids)
         plots.trimap_plot({int(k): v for k, v in summary["trimap_accuracy"].items()},
                           out / "trimap.png", label=model_label or "model")
+        if uncertainty is not None:
+            plots.uncertainty_grid(shown, masks, pred, uncertainty, per["dice"], out / "uncertainty.png",
+                                   k=min(5, len(ids)), ids=ids)
     write_json(out / "metrics.json", result)
     if verbose:
         print(format_summary(result))
@@ -226,43 +216,82 @@ def format_summary(m: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *,
+def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, tta="none",
                  batch_size=32, figures=True, verbose=True) -> dict:
-    """Evaluate a run directory (or a ``.keras`` file / ``keras.Model``) on one split of a dataset.
+    """Evaluate a run directory, a cross-validation folder, a ``.keras`` file or a ``keras.Model``.
 
+    A cross-validation folder (``kerasseg fit --folds``) is evaluated as the ensemble of its folds
+    (mean probability) with the post-processing its cross-validation chose; ``tta`` ("none",
+    "flips", "dihedral") averages over flipped/rotated copies of every ROI
+    (:mod:`kerasseg.models.ensemble`). Ensembles and TTA add a per-pixel ``uncertainty`` map.
     ``data``: an :class:`~kerasseg.data.dataset.ROIDataset`, ``"phantom"``, a ``.npz`` path, or
     ``None`` (the data recorded by the run, else the phantom). ``out_dir`` defaults to
-    ``<run>/eval-<split>``. Returns the metrics dict that is written to ``metrics.json``.
+    ``<run>/eval-<split>`` (``-<tta>`` appended with TTA). Returns the metrics dict written to
+    ``metrics.json``.
     """
     from kerasseg.data.dataset import SPLITS, ROIDataset, load_data
+    from kerasseg.models.ensemble import TTA_MODES
 
     if split not in SPLITS:  # before the (slow) model loading
         raise KerassegError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-    from kerasseg.models.segmenter import model_size
+    if tta not in TTA_MODES:
+        raise KerassegError(f"unknown --tta {tta!r}; choose one of {list(TTA_MODES)}")
+    from kerasseg.training.run import is_folds_dir
 
-    model, config, run_dir, label = _load_source(run_or_model)
+    folds_dir = isinstance(run_or_model, (str, Path)) and is_folds_dir(run_or_model)
+    if folds_dir and split != "test":
+        raise KerassegError(f"a cross-validation ensemble trained on every train and val ROI, so it can "
+                            f"only be evaluated on 'test' (not {split!r}); its out-of-fold results are "
+                            "in cv.json and oof.npz", run_or_model)
+    if out_dir is not None:
+        from kerasseg.fileio import output_dir
+
+        output_dir(out_dir, "report folder", create=False)  # before the slow model loading
+    src, label = _load_ensemble(run_or_model)
+    home = src.folds_dir or src.run_dir
     if data is None:
-        data = _default_data(config, run_dir)
+        data = _default_data(src.config, src.run_dir) if src.folds_dir is None else \
+            (src.cv or {}).get("data") or "phantom"
     ds = data if isinstance(data, ROIDataset) else load_data(data)
     full_hash = ds.data_hash()
     sub = ds.subset(split)
-    size = model_size(model)
+    from kerasseg.models.segmenter import model_size
+
+    size = model_size(src.members[0])
     if (size, size) != sub.images.shape[1:]:
         raise KerassegError(
             f"data ROIs are {sub.images.shape[1]}x{sub.images.shape[2]} but the model computes at "
             f"{size}x{size} (its masks are compared at that size); prepare the data with the model's ROI size")
     if out_dir is None:
-        if run_dir is None:
+        if home is None:
             raise KerassegError("an output folder (--out) is needed when evaluating a model file")
-        out_dir = run_dir / f"eval-{split}"
+        out_dir = home / (f"eval-{split}" if tta == "none" else f"eval-{split}-{tta}")
     from kerasseg.fileio import output_dir
 
     output_dir(out_dir, "report folder", create=False)  # before the inference
-    prob, key = predict_probabilities(model, sub.images, batch_size=batch_size, verbose=verbose)
+    from kerasseg.models import final_key
+    from kerasseg.models.ensemble import ensemble_function, predict_ensemble
+
+    fn = ensemble_function(src.members, tta=tta, postprocessing=src.postprocessing)
+    res = predict_ensemble(fn, sub.images, batch_size=batch_size, progress=verbose)
+    ensemble = len(src.members) > 1 or tta != "none"
+    extra = {"data_source": ds.source, "members": len(src.members), "tta": tta,
+             "postprocessing": dict(src.postprocessing)}
     return evaluate_arrays(
-        prob, sub.masks, sub.ids, out_dir, images=sub.images, spacing_mm=sub.spacing_mm, split=split,
-        data_hash=full_hash, model_label=str(config.get("name") or label), run=run_dir or label,
-        final_output=key, extra={"data_source": ds.source}, figures=figures, verbose=verbose)
+        res["probability"], sub.masks, sub.ids, out_dir, images=sub.images, spacing_mm=sub.spacing_mm,
+        split=split, data_hash=full_hash, model_label=str(src.config.get("name") or label),
+        run=home or label, final_output=final_key(src.members[0]), extra=extra, figures=figures,
+        verbose=verbose, pred=res["mask"], uncertainty=res["uncertainty"] if ensemble else None)
+
+
+def _load_ensemble(source):
+    """(EnsembleSource, label) of what the user named as the model."""
+    import keras
+
+    from kerasseg.training.run import load_ensemble_source
+
+    label = getattr(source, "name", "model") if isinstance(source, keras.Model) else str(source)
+    return load_ensemble_source(source), label
 
 
 # ------------------------------------------------------------------ compare
