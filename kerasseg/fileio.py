@@ -11,10 +11,10 @@ from pathlib import Path
 from kerasseg.errors import KerassegError
 
 
-def _umask_mode() -> int:
+def _umask_mode(base: int = 0o666) -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return base & ~mask
 
 
 @contextmanager
@@ -115,3 +115,107 @@ def output_file(path, suffix: str | None = None) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise KerassegError("output folder is not writable", parent)
     return path
+
+
+def fsync_dir(path) -> None:
+    """Make a rename or creation inside the folder ``path`` durable (no-op where unsupported)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path) -> None:
+    """Remove the folder ``path`` and everything in it, if it exists (errors ignored)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def staged_dir(target, *, replace: bool = False, what: str = "output folder"):
+    """Build a multi-file output in a hidden temporary folder and rename it onto ``target``.
+
+    Yields the temporary folder (a sibling of ``target`` named ``.<name>.staged-<random>``, so it
+    is on the same file system and the final rename is atomic). When the block succeeds the
+    folder's files and the folder itself are fsynced and it is renamed onto ``target``; when
+    the block raises (or the process is interrupted) the temporary folder is removed and
+    ``target`` is untouched, so a failed command never leaves a half-built output behind.
+
+    ``target`` must not exist unless ``replace=True``: then an existing ``target`` folder is
+    replaced (moved aside, the new folder renamed in, the old one removed; a crash in between
+    leaves either the old or the new folder at ``target``, plus a hidden ``.<name>.old-*``).
+    ``OSError`` (no space, read-only) becomes a one-line :class:`KerassegError` naming
+    ``target``. Typical use::
+
+        with staged_dir(report_dir) as tmp:
+            write_metrics(tmp / "metrics.json"); write_plots(tmp)
+    """
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    output_dir(parent, what)
+    if target.exists() and not replace:
+        raise KerassegError(f"{what} already exists", target)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.staged-", dir=parent))
+    except OSError as exc:
+        raise KerassegError(f"cannot create the {what} ({exc.strerror or exc})", target) from None
+    try:
+        os.chmod(tmp, _umask_mode(0o777))  # mkdtemp creates 0700
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        if target.exists():
+            if not replace:
+                raise KerassegError(f"{what} appeared while it was being built", target)
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            fsync_dir(parent)
+            remove_tree(old)
+        else:
+            os.rename(tmp, target)
+            fsync_dir(parent)
+    except OSError as exc:
+        remove_tree(tmp)
+        raise KerassegError(f"cannot write the {what} ({exc.strerror or exc})", target) from None
+    except BaseException:
+        remove_tree(tmp)
+        raise
+
+
+#: environment variable naming the fault point at which :func:`fault_point` kills the process
+FAULT_ENV = "KERASSEG_FAULT"
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Test-only crash injection: SIGKILL this process when ``KERASSEG_FAULT`` names ``name``.
+
+    ``KERASSEG_FAULT=<name>`` kills at the first time the point is reached,
+    ``KERASSEG_FAULT=<name>:<n>`` at the n-th time. Unset (always, outside tests) it does nothing.
+    Points: ``checkpoint.after_write`` (unit written to its temp folder), ``checkpoint.before_rename``
+    (fsynced, not yet visible), ``checkpoint.after_rename`` (new unit visible, old one not yet
+    removed), ``fit.after_last_epoch`` (training done, run.json not yet final),
+    ``export.before_swap`` (export staged, not yet renamed into place).
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] >= (int(count) if count.isdigit() else 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

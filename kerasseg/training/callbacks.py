@@ -1,10 +1,11 @@
 """Callbacks that make a run directory crash-safe.
 
-Both callbacks keep their state in files that are rewritten atomically at the end of every
-epoch, *before* ``BackupAndRestore`` records the epoch as done; when a killed run resumes at
-epoch ``e`` they drop whatever they had written for epochs ``>= e``, so ``history.csv`` holds
-every epoch exactly once and best-model selection only sees completed epochs.
-Epoch numbers in the files are 1-based.
+``HistoryCSV`` and ``BestModel`` keep their state in files rewritten atomically at the end of
+every epoch, *before* :class:`Checkpoint` records the epoch as done (a checkpoint unit,
+:mod:`kerasseg.training.checkpoint`). Their ``get_state()`` goes into that unit and
+``set_state(state, epoch)`` restores it when a killed run resumes after ``epoch`` completed
+epochs, so ``history.csv`` holds every epoch exactly once and best-model selection only sees
+completed epochs. Epoch numbers in the files are 1-based.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class HistoryCSV(keras.callbacks.Callback):
         row = {"epoch": e}
         row.update({k: float(v) for k, v in sorted((logs or {}).items())})
         rows.append(row)
+        self._write(rows)
+
+    def _write(self, rows):
         keys = ["epoch"] + sorted({k for r in rows for k in r if k != "epoch"})
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys, restval="")
@@ -84,6 +88,17 @@ class HistoryCSV(keras.callbacks.Callback):
         for r in rows:
             w.writerow(r)
         atomic_write_text(self.path, buf.getvalue())
+
+    def get_state(self) -> dict:
+        return {"rows": read_history(self.path)}
+
+    def set_state(self, state: dict, epoch: int) -> None:
+        """The history of the checkpoint's ``epoch`` completed epochs (later rows dropped)."""
+        rows = [r for r in state.get("rows", []) if r.get("epoch", 0) <= epoch]
+        if rows:
+            self._write(rows)
+        else:
+            self.path.unlink(missing_ok=True)
 
 
 class BestModel(keras.callbacks.Callback):
@@ -114,10 +129,33 @@ class BestModel(keras.callbacks.Callback):
             except (ValueError, OSError):
                 self.scores, self.saved_epoch = {}, None
 
-    def _save(self):
+    def _save(self, writing_epoch=None):
         atomic_write_text(self.state_path, json.dumps(
             {"monitor": self.monitor, "scores": self.scores, "saved_epoch": self.saved_epoch,
-             "best_epoch": self.best_epoch, "best": self.best}, indent=1))
+             "best_epoch": self.best_epoch, "best": self.best, "writing_epoch": writing_epoch},
+            indent=1))
+
+    def get_state(self) -> dict:
+        return {"scores": {str(k): v for k, v in self.scores.items()}, "saved_epoch": self.saved_epoch}
+
+    def set_state(self, state: dict, epoch: int) -> None:
+        """Scores of the checkpoint's ``epoch`` completed epochs. If ``model.keras`` may hold a
+        later, unrecorded epoch's model (``best_state.json`` says it was being written for an
+        epoch > ``epoch``), the next epoch's model replaces it whatever its score."""
+        self._started = True
+        self.scores = {int(k): float(v) for k, v in state.get("scores", {}).items() if int(k) <= epoch}
+        self.saved_epoch = state.get("saved_epoch")
+        on_disk = {}
+        if self.state_path.is_file():
+            try:
+                on_disk = json.loads(self.state_path.read_text())
+            except (ValueError, OSError):
+                on_disk = {"writing_epoch": epoch + 1}
+        later = [e for e in (on_disk.get("saved_epoch"), on_disk.get("writing_epoch"))
+                 if isinstance(e, int) and e > epoch]
+        if later or not self.model_path.is_file():
+            self.scores = {k: -math.inf for k in self.scores}
+            self.saved_epoch = None
 
     @property
     def best_epoch(self):
@@ -151,9 +189,18 @@ class BestModel(keras.callbacks.Callback):
         previous = max(self.scores.values(), default=-math.inf)
         self.scores[e] = value
         if value > previous or self.saved_epoch is None:
+            self._save(writing_epoch=e)  # write-ahead: model.keras may hold epoch e from here on
             tmp = self.model_path.with_name(f".{self.model_path.stem}.tmp.keras")
-            self.net.save(tmp)
-            os.replace(tmp, self.model_path)
+            try:
+                self.net.save(tmp)
+                os.replace(tmp, self.model_path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                from kerasseg.errors import KerassegError
+
+                raise KerassegError(f"cannot write the best model of epoch {e} ({exc.strerror or exc}); "
+                                    "the last checkpoint is kept: free space and run the same "
+                                    "command to resume", self.model_path) from None
             self.saved_epoch = e
         self._save()
         if self.patience > 0 and self.best_epoch is not None and e - self.best_epoch >= self.patience:
@@ -197,3 +244,25 @@ class ScalarLogger(keras.callbacks.Callback):
         for w in self._writers.values():
             w.close()
         self._writers = {}
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Write a checkpoint unit (:func:`kerasseg.training.checkpoint.write_unit`) at the end of
+    every epoch, after the other callbacks have written their files: the model and optimizer
+    state, the ``stateful`` callbacks' ``get_state()`` and ``meta``. The unit of the last epoch
+    (``epochs`` reached or early stopping) is marked final."""
+
+    def __init__(self, folder, epochs: int, stateful: dict, meta: dict | None = None):
+        super().__init__()
+        self.folder = Path(folder)
+        self.epochs = int(epochs)
+        self.stateful = stateful
+        self.meta = dict(meta or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        from kerasseg.training.checkpoint import model_arrays, write_unit
+
+        done = epoch + 1
+        final = done >= self.epochs or bool(getattr(self.model, "stop_training", False))
+        meta = {**self.meta, "callbacks": {k: cb.get_state() for k, cb in self.stateful.items()}}
+        write_unit(self.folder, done, model_arrays(self.model), meta, final=final)

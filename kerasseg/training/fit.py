@@ -8,11 +8,15 @@ Run directory layout::
     history.csv      one row per completed epoch (1-based), loss/clean_loss/adv_loss/dice, val_*
     run.json         versions, seed, data hash, best epoch, val/test Dice, status
     tb/              TensorBoard logs
-    backup/          BackupAndRestore state; present only while a run is unfinished
+    backup/          checkpoint units (kerasseg.training.checkpoint); present until run.json
+                     says finished
 
-Re-running the same command on an unfinished run directory resumes from the last completed
-epoch (also after SIGKILL); Ctrl-C stops after the current batch, keeps the backup and writes
-``run.json`` with ``status: interrupted``.
+Re-running the same command on an unfinished run directory resumes after the last completed
+epoch (also after SIGKILL), bit-identically to an uninterrupted run on CPU: model, optimizer,
+RNG and callback state come from the checkpoint unit and each epoch's shuffle depends only on
+(seed, epoch). A run whose final unit exists (killed before run.json) only writes its results.
+Ctrl-C stops after the current batch, keeps the backup and writes ``run.json`` with
+``status: interrupted``. A fresh run folder is built aside and appears only when training starts.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def build_training_model(cfg: dict, input_size: int, prior=None):
                               adversarial=cfg["train"]["adversarial"],
                               epsilon=cfg["train"]["epsilon"])
     model.compile(optimizer=_optimizer(cfg))
-    model(np.zeros((1, input_size, input_size, 1), np.float32))  # build (BackupAndRestore needs it)
+    model(np.zeros((1, input_size, input_size, 1), np.float32))  # build (a checkpoint restore needs it)
     return model
 
 
@@ -115,18 +119,6 @@ def _strategy_name(strategy) -> str:
     return type(strategy).__name__
 
 
-def _is_chief() -> bool:
-    tf_config = os.environ.get("TF_CONFIG")
-    if not tf_config:
-        return True
-    try:
-        task = json.loads(tf_config).get("task", {})
-    except ValueError:
-        return True
-    return task.get("type", "worker") in ("chief",) or (
-        task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0)
-
-
 def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, devices=None,
         dataset=None, verbose="auto") -> RunResult:
     """Train ``config`` on ``data`` (None/"phantom" = built-in phantom, else a .npz) into ``out_dir``.
@@ -144,12 +136,12 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
 
     from kerasseg.config import apply_dataset, dataset_key, resolve_config, save_config
     from kerasseg.data.dataset import load_data
-    from kerasseg.data.pipeline import make_tf_dataset
+    from kerasseg.data.pipeline import epoch_steps, make_tf_dataset
     from kerasseg.layers.preprocessing import ImagePreprocessor
     from kerasseg.models.segmenter import build_segmenter
     from kerasseg.layers.prior import prior_from_masks
-    from kerasseg.training.callbacks import (BestModel, HistoryCSV, ScalarLogger, StopOnNonFinite,
-                                             atomic_write_text)
+    from kerasseg.training.callbacks import (BestModel, Checkpoint, HistoryCSV, ScalarLogger,
+                                             StopOnNonFinite, atomic_write_text)
 
     t0 = time.time()
     ds = load_data(data)
@@ -175,38 +167,43 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
             raise KerassegError(f"the data has no {split!r} ROIs (counts {counts}); training needs "
                                 "train and val splits (best model chosen on val)", data)
 
-    chief = _is_chief()
+    from kerasseg.fileio import fault_point, output_dir, staged_dir
+    from kerasseg.training.checkpoint import read_latest, remove_checkpoints, restore_model_arrays
+    from kerasseg.training.strategy import cluster_role
+
+    replicas = strategy.num_replicas_in_sync
+    if replicas > counts["val"]:
+        raise KerassegError(f"--devices: {replicas} replicas but only {counts['val']} validation ROIs; "
+                            f"use at most {counts['val']} devices", data)
+    chief, role = cluster_role()
     out = Path(out_dir or f"runs/{cfg['name']}")
     if not chief:
-        out = out / f".worker-{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
-    from kerasseg.fileio import output_dir
-
-    output_dir(out, "run folder")
+        out = out / f".{role}"
+    fresh_dir = not out.exists()
+    output_dir(out, "run folder", create=False)  # created (staged) just before training
     run_json = out / "run.json"
     backup = out / "backup"
-    resuming = backup.is_dir()
-    if run_json.is_file() and not resuming:
+    recorded = {}
+    if run_json.is_file():
         try:
-            status = json.loads(run_json.read_text()).get("status")
-        except ValueError:
-            status = None
-        if status == "finished":
-            raise KerassegError("holds a finished run; choose another --out or delete it", out)
+            recorded = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            recorded = {}
+    unit = read_latest(backup)
+    resuming = backup.is_dir()
+    if recorded.get("status") == "finished" and not resuming:
+        raise KerassegError("holds a finished run; choose another --out or delete it", out)
     cfg_text_path = out / "config.yaml"
     if resuming and cfg_text_path.is_file():
         from kerasseg.config import to_yaml
         if cfg_text_path.read_text() != to_yaml(cfg):
             raise KerassegError("holds an unfinished run of a different config/options; "
                                 "use the same command to resume or another --out", out)
-    if resuming and run_json.is_file():
-        try:
-            recorded = json.loads(run_json.read_text()).get("data_hash")
-        except (OSError, ValueError):
-            recorded = None
-        if recorded and recorded != ds.data_hash():
-            raise KerassegError(f"holds an unfinished run on other data (data hash {recorded}, this data "
+    for other in (recorded.get("data_hash") if resuming else None,
+                  unit.meta.get("data_hash") if unit else None):
+        if other and other != ds.data_hash():
+            raise KerassegError(f"holds an unfinished run on other data (data hash {other}, this data "
                                 f"{ds.data_hash()}); resume with the same --data or use another --out", out)
-    _repair_backup(backup)
 
     keras.utils.set_random_seed(seed)
     jit = cfg["train"]["jit_compile"]
@@ -221,22 +218,21 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     x_tr, x_val = pre.adapt_transform(train.images)[..., 0], pre.transform(val.images)[..., 0]
     prior = prior_from_masks(train.masks) if cfg["model"]["position_prior"] else None
 
-    replicas = strategy.num_replicas_in_sync
     bs = cfg["train"]["batch_size"]
     if bs % replicas:
         new = int(math.ceil(bs / replicas) * replicas)
         warn(f"batch_size {bs} is not a multiple of the {replicas} replicas; using {new}")
         bs = new
+    start = unit.epoch if unit else 0
     train_ds = make_tf_dataset(x_tr, train.masks, bs, training=True, seed=seed,
-                               flips=cfg["data"]["flips"])
+                               flips=cfg["data"]["flips"], epoch=start, repeat=True)
+    steps = epoch_steps(len(x_tr), bs, flips=cfg["data"]["flips"])
     val_ds = make_tf_dataset(x_val, val.masks, bs, training=False)
 
-    save_config(cfg, cfg_text_path)
-    if not resuming or not run_json.is_file():  # what a resume is checked against
-        atomic_write_text(run_json, json.dumps({"status": "running", "config": cfg["name"],
-                                                "data": data or "phantom", "data_hash": ds.data_hash()}))
     with strategy.scope():
         model = build_training_model(cfg, ds.size, prior)
+        if unit:
+            restore_model_arrays(model, unit.arrays, unit.path)
     segmenter = build_segmenter(model.net, pre, name=cfg["name"])  # shares the network's weights
     if jit:
         import warnings
@@ -248,15 +244,34 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
             warn("train.jit_compile: XLA is off for this run (op determinism was already "
                  "enabled in this process by an earlier run, or a layer does not support XLA)")
 
+    running = {"status": "running", "config": cfg["name"], "data": data or "phantom",
+               "data_hash": ds.data_hash()}   # what a resume is checked against
+    if fresh_dir and not os.environ.get("TF_CONFIG"):  # (workers share the parent: no staging)
+        # a run folder appears only once everything above has worked
+        with staged_dir(out, what="run folder") as tmp:
+            save_config(cfg, tmp / "config.yaml")
+            atomic_write_text(tmp / "run.json", json.dumps(running))
+    else:
+        output_dir(out, "run folder")
+        save_config(cfg, cfg_text_path)
+        if not resuming or not run_json.is_file():
+            atomic_write_text(run_json, json.dumps(running))
+
+    history = HistoryCSV(out / "history.csv")
     best = BestModel(segmenter, out / "model.keras", out / "best_state.json",
                      monitor="val_dice", patience=cfg["train"]["patience"])
+    if unit:
+        states = unit.meta.get("callbacks", {})
+        history.set_state(states.get("history", {}), unit.epoch)
+        best.set_state(states.get("best", {}), unit.epoch)
+    total = cfg["train"]["epochs"]
     callbacks = [
         StopOnNonFinite(),
-        HistoryCSV(out / "history.csv"),
+        history,
         best,
         ScalarLogger(out / "tb"),
-        keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch", delete_checkpoint=True,
-                                         double_checkpoint=True),
+        Checkpoint(backup, total, {"history": history, "best": best},
+                   {"seed": seed, "data_hash": ds.data_hash(), "config": cfg["name"]}),
     ]
     meta = {"config": cfg["name"], "dataset": key, "data": data or "phantom",
             "data_hash": ds.data_hash(), "counts": counts, "seed": seed,
@@ -264,17 +279,27 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
             "versions": _versions(), "resumed": resuming, "jit_compile": bool(model.jit_compile),
             "op_determinism": not jit}
     status = "finished"
-    try:
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg["train"]["epochs"],
-                  callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
-    except KeyboardInterrupt:
-        status = "interrupted"
+    if unit and (unit.final or unit.epoch >= total) and (out / "model.keras").is_file():
+        pass  # training is complete (killed before run.json): only the results are left to write
+    else:
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=total, initial_epoch=start,
+                      steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+                      shuffle=False)  # the tf.data pipeline orders each epoch
+        except KeyboardInterrupt:
+            status = "interrupted"
+    if status == "finished":
+        fault_point("fit.after_last_epoch")
     from kerasseg.training.callbacks import read_history
 
     hist = read_history(out / "history.csv")
     if not (out / "model.keras").exists():
-        segmenter.save(out / ".model.tmp.keras")
-        os.replace(out / ".model.tmp.keras", out / "model.keras")
+        try:
+            segmenter.save(out / ".model.tmp.keras")
+            os.replace(out / ".model.tmp.keras", out / "model.keras")
+        except OSError as exc:
+            (out / ".model.tmp.keras").unlink(missing_ok=True)
+            raise KerassegError(f"cannot write model.keras ({exc.strerror or exc})", out) from None
     from kerasseg.training.run import load_run
 
     saved, _ = load_run(out)
@@ -293,37 +318,6 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
                        prior_test_dice=prior_d)
     meta.update(asdict(result))
     atomic_write_text(run_json, json.dumps(meta, indent=2))
+    if status == "finished":
+        remove_checkpoints(backup)  # run.json now says finished: the final unit is not needed
     return result
-
-
-def _readable_h5(path: Path) -> bool:
-    import h5py
-
-    try:
-        with h5py.File(path, "r"):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-def _repair_backup(backup: Path) -> None:
-    """If a kill left the backup's epoch file unreadable, fall back to the previous one.
-
-    A torn first checkpoint (no previous copy to fall back to: Keras would fail on it at every
-    rerun) is removed with a warning, so the run starts again from epoch 1.
-    """
-    weights = backup / "latest.weights.h5"
-    if weights.is_file() and not _readable_h5(weights) and not (backup / "latest.weights.h5.bkp").is_file():
-        warn("the only checkpoint is torn (killed while it was written); starting the run again", weights)
-        weights.unlink()
-        (backup / "training_metadata.json").unlink(missing_ok=True)
-    meta = backup / "training_metadata.json"
-    prev = backup / "training_metadata.json.bkp"
-    if meta.is_file():
-        try:
-            json.loads(meta.read_text())
-        except ValueError:
-            if prev.is_file():
-                meta.write_text(prev.read_text())
-            else:
-                meta.unlink()

@@ -34,6 +34,39 @@ def _ensure_logical_cpus(n: int) -> list[str]:
     return [d.name for d in logical[:n]]
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cluster_role(tf_config: str | None = None) -> tuple[bool, str]:
+    """``(is_chief, name)`` of this process in a ``TF_CONFIG`` cluster (default: the environment's).
+
+    The chief is the ``chief`` task when the cluster has one, else worker 0 (TensorFlow's rule);
+    ``name`` is ``"<type>-<index>"`` (``"chief-0"`` without ``TF_CONFIG``, or when it cannot be
+    read: a single process is its own chief).
+    """
+    if tf_config is None:
+        tf_config = os.environ.get("TF_CONFIG")
+    if not tf_config:
+        return True, "chief-0"
+    try:
+        cfg = json.loads(tf_config)
+        task = cfg.get("task") or {}
+        cluster = cfg.get("cluster") or {}
+        kind = str(task.get("type", "worker"))
+        index = int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError):
+        return True, "chief-0"
+    if kind == "chief":
+        return True, f"chief-{index}"
+    has_chief = bool(cluster.get("chief")) if isinstance(cluster, dict) else False
+    return (kind == "worker" and index == 0 and not has_chief), f"{kind}-{index}"
+
+
 def get_strategy(devices: int | None = None) -> tf.distribute.Strategy:
     """The strategy for ``devices`` replicas (see the module docstring)."""
     if devices is not None and (isinstance(devices, bool) or int(devices) != devices or devices < 1):
@@ -60,6 +93,10 @@ def get_strategy(devices: int | None = None) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(devices)])
     if devices == 1:
         return tf.distribute.get_strategy()
+    cores = available_cpus()
+    if devices > cores:
+        raise KerassegError(f"--devices {devices}: no GPU and only {cores} CPU core(s) available; "
+                            f"use at most --devices {cores}")
     names = _ensure_logical_cpus(devices)
     return cpu_mirrored_strategy(names)
 
