@@ -254,7 +254,7 @@ def _check_values(cfg: dict, path, prefix="") -> None:
 def _check_crf_values(crf: dict, path, prefix="") -> None:
     """Build the CRFRNN the options describe (no weights, no graph) so that a bad value (an unknown
     mode, a negative bandwidth, ...) is reported against the config file before training starts."""
-    from kerasseg.models.composite import crf_layer
+    from kerasseg.models.crf_head import crf_layer
 
     try:
         crf_layer(crf)

@@ -134,3 +134,21 @@ def test_multifcn_crf_fuses_branch_log_probs():
     geo /= geo.sum(-1, keepdims=True)
     np.testing.assert_allclose(np.asarray(out["crf"]), geo, atol=1e-5)
     np.testing.assert_allclose(np.asarray(out["net"]), np.mean(ps, axis=0), atol=1e-6)
+
+
+def test_unary_fusion_lives_in_layers_and_old_saved_configs_load():
+    """UnaryFusion moved to kerasseg.layers.fusion; a config saved from kerasseg.models.fcn still loads."""
+    from kerasseg.layers.fusion import UnaryFusion as FromLayers
+    from kerasseg.models.fcn import UnaryFusion as FromFcn
+
+    assert UnaryFusion is FromLayers is FromFcn
+    assert keras.saving.get_registered_name(UnaryFusion) == "kerasseg>UnaryFusion"
+    saved = keras.saving.serialize_keras_object(UnaryFusion(name="unary_fusion"))
+    saved["module"] = "kerasseg.models.fcn"   # how a model saved before the move records it
+    back = keras.saving.deserialize_keras_object(saved)
+    assert isinstance(back, UnaryFusion) and back.name == "unary_fusion"
+
+
+def test_unary_fusion_refuses_a_single_tensor():
+    with pytest.raises(KerassegError, match="list of logits"):
+        UnaryFusion()(np.zeros((1, 4, 4, 2), "float32"))

@@ -108,3 +108,15 @@ def test_crf_composite_under_mirrored_strategy():
     pred = model(x, training=False)
     assert pred["crf"].shape == (4, 40, 40, 2)
     np.testing.assert_allclose(np.asarray(pred["crf"]).sum(-1), 1.0, atol=1e-5)
+
+
+def test_crf_head_module_and_bad_options_stay_one_line():
+    """models/crf_head.py (was composite.py): a CRFRNN KerassegError passes through unwrapped."""
+    from kerasseg.errors import KerassegError
+    from kerasseg.models import crf_head
+
+    with pytest.raises(KerassegError) as err:
+        crf_head.crf_layer({"mode": "no-such-mode"})
+    assert "bad crf options" not in str(err.value) and "no-such-mode" in str(err.value)
+    with pytest.raises(KerassegError, match="num_classes must be 2"):
+        crf_head.crf_layer({"num_classes": 3})

@@ -166,3 +166,23 @@ def test_one_vs_two_replicas_same_update(rng, adversarial):
     for a, b in zip(w1, w2):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert h1["loss"][0] == pytest.approx(h2["loss"][0], rel=1e-5)
+
+
+def test_symbolic_build_override_only_where_keras_has_the_hook():
+    """The multi-worker workaround overrides Keras's private hook only where it exists as expected."""
+    import inspect
+
+    from kerasseg.training import segmentation_model as sm
+
+    hook = getattr(keras.Model, "_maybe_symbolic_build", None)
+    expected = hook is not None and {"iterator", "data_batch"} <= set(inspect.signature(hook).parameters)
+    assert sm.SYMBOLIC_BUILD_HOOK is expected
+    overridden = "_maybe_symbolic_build" in vars(SegmentationModel)
+    assert overridden is expected
+    # off a multi-worker cluster the override is Keras's own path: fit builds and trains normally
+    x, y = batch(np.random.default_rng(0), n=4)
+    model = SegmentationModel(tiny_net())
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    assert not sm._multi_worker(model.distribute_strategy)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert model.optimizer.built

@@ -8,7 +8,8 @@ in front (the model that is saved, evaluated and served). Importing this package
 """
 
 import kerasseg.layers  # noqa: F401  (registers PositionPrior and, when present, CRFRNN)
-from kerasseg.models.fcn import FCN_VARIANTS, UnaryFusion, fcn_geometry
+from kerasseg.layers.fusion import UnaryFusion
+from kerasseg.models.fcn import FCN_VARIANTS, fcn_geometry
 from kerasseg.models.registry import ALIASES, ARCH_OPTIONS, build_model, final_key, list_archs, output_keys
 from kerasseg.models.segmenter import as_segmenter, build_segmenter, get_network, get_preprocessor, model_size
 

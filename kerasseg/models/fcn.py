@@ -22,16 +22,16 @@ The layer parameter counts are almost equal across the four variants, as the pap
 states (e.g. conv3: 588*12*49 ≈ 415*13*64 ≈ 355*12*81 ≈ 3.45e5).
 
 ``multifcn``: the four FCNs on the same input. ``net`` = mean of the four softmaxes.
-As the CRF unary, :class:`UnaryFusion` sums the four FCNs' log-probabilities with a
+As the CRF unary, :class:`kerasseg.layers.fusion.UnaryFusion` sums the four FCNs' log-probabilities with a
 learned weight per FCN and class (initialised to 1/4): ψ_u = Σ_u' w(u') ψ_u' (Zhu Sec. 3).
 """
 
 from __future__ import annotations
 
-import keras
-from keras import layers, ops
+from keras import layers
 
 from kerasseg.errors import KerassegError
+from kerasseg.layers.fusion import UnaryFusion  # noqa: F401  (the multifcn CRF unary; kerasseg/layers/fusion.py)
 
 #: Zhu et al. Table 1: ((maps, kernel) for conv1, conv2, conv3)
 FCN_VARIANTS = {
@@ -83,38 +83,3 @@ def fcn_logits(x, *, size: int, variant: int = 1, prefix: str = ""):
     return layers.Conv2DTranspose(
         2, kernel, strides=DECONV_STRIDE, padding="valid", name=f"{prefix}deconv"
     )(h)
-
-
-@keras.saving.register_keras_serializable(package="kerasseg")
-class UnaryFusion(keras.layers.Layer):
-    """Learned fusion of several networks' class log-probabilities (Zhu Sec. 3).
-
-    Called on a list of ``n`` logits tensors (B, H, W, C); returns
-    ``Σ_u w[u, c] * log_softmax(logits_u)[..., c]`` with one trainable weight per
-    input and class, initialised to ``1 / n`` (so it starts as the log of the
-    geometric mean of the inputs' probabilities).
-    """
-
-    def build(self, input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) < 1 or not isinstance(
-            input_shape[0], (list, tuple)
-        ):
-            raise ValueError("UnaryFusion expects a list of logits tensors")
-        n = len(input_shape)
-        classes = input_shape[0][-1]
-        self.fusion_weights = self.add_weight(
-            name="fusion_weights",
-            shape=(n, classes),
-            initializer=keras.initializers.Constant(1.0 / n),
-            trainable=True,
-        )
-
-    def call(self, inputs):
-        out = 0.0
-        for u, logits in enumerate(inputs):
-            logp = ops.log_softmax(logits, axis=-1)
-            out = out + logp * ops.cast(self.fusion_weights[u], logp.dtype)
-        return out
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]

@@ -10,8 +10,9 @@ from keras import layers
 
 from kerasseg.errors import KerassegError
 from kerasseg.layers.prior import PositionPrior, _check_rate
-from kerasseg.models.composite import attach_crf
-from kerasseg.models.fcn import FCN_VARIANTS, UnaryFusion, fcn_geometry, fcn_logits
+from kerasseg.models.crf_head import attach_crf
+from kerasseg.layers.fusion import UnaryFusion
+from kerasseg.models.fcn import FCN_VARIANTS, fcn_geometry, fcn_logits
 from kerasseg.models.unet import DEFAULT_FILTERS, check_unet_options, unet_logits
 
 #: base architectures and the options each accepts (with defaults)

@@ -45,6 +45,24 @@ def _multi_worker(strategy) -> bool:
     return sum(spec.num_tasks(j) for j in jobs if j in ("chief", "worker")) > 1
 
 
+def _has_symbolic_build_hook() -> bool:
+    """Whether this Keras has the private ``Model._maybe_symbolic_build(iterator, data_batch)``.
+
+    Keras 3 (checked up to 3.15) builds the model symbolically there at the start of ``fit``; the
+    multi-worker workaround below overrides it only where that exact hook exists, so a Keras that
+    renames or drops it takes its own path instead of a stale override.
+    """
+    import inspect
+
+    hook = getattr(keras.Model, "_maybe_symbolic_build", None)
+    if hook is None:
+        return False
+    return {"iterator", "data_batch"} <= set(inspect.signature(hook).parameters)
+
+
+SYMBOLIC_BUILD_HOOK = _has_symbolic_build_hook()
+
+
 @keras.saving.register_keras_serializable(package="kerasseg")
 class SegmentationModel(keras.Model):
     """Training wrapper of a segmentation network (CRU-Net eq. 5, Zhu eq. 7-8).
@@ -117,6 +135,21 @@ class SegmentationModel(keras.Model):
         config = dict(config)
         config["net"] = keras.saving.deserialize_keras_object(config["net"])
         return cls(**config)
+
+    if SYMBOLIC_BUILD_HOOK:
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            # Multi-worker only: Keras's symbolic build first reduces a data batch across workers
+            # (strategy.reduce on a PerReplica batch), which fails under
+            # MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...) to a
+            # Tensor"; tests/test_training_fit.py::test_multiworker_*). A built model needs none
+            # of that: only the optimizer's slots must exist. Every other strategy takes Keras's path.
+            if (_multi_worker(self.distribute_strategy) and self.built
+                    and all(layer.built for layer in self._flatten_layers())):
+                if self.optimizer is not None and not self.optimizer.built:
+                    with self.distribute_strategy.scope():
+                        self.optimizer.build(self.trainable_variables)
+                return
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------------------- loss
     def regularization_loss(self):

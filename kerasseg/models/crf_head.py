@@ -45,6 +45,8 @@ def crf_layer(crf: dict, name: str = "crf"):
         raise KerassegError(f"crf num_classes must be 2 (background, mass); got {num_classes!r}")
     try:
         return CRFRNN(name=name, **kwargs)
+    except KerassegError:
+        raise  # already one line naming the option (a KerassegError is a ValueError)
     except (TypeError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise KerassegError(f"bad crf options {sorted(crf)}: {msg}") from None
