@@ -4,6 +4,10 @@ import click
 
 from kerasseg.errors import KerassegError
 
+#: the TTA modes of kerasseg.models.ensemble.TTA_MODES (spelled out so `--help` does not import TensorFlow;
+#: tests/test_export_predict.py checks they agree)
+TTA_CHOICES = ("none", "flips", "dihedral")
+
 
 @click.command(name="export")
 @click.argument("source", type=click.Path(path_type=str))
@@ -12,11 +16,14 @@ from kerasseg.errors import KerassegError
 @click.option("--version", "version", type=int, default=None,
               help="Version number (default: highest existing + 1).")
 @click.option("--force", is_flag=True, help="Overwrite an existing version.")
-def export_cmd(source, out, version, force):
-    """Export RUN_DIR or MODEL.keras as a TF Serving SavedModel (signatures serving_default, serving_4d, serving_bytes)."""
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
+              help="Test-time augmentation in the graph: none, flips (4) or dihedral (8 symmetries).")
+def export_cmd(source, out, version, force, tta):
+    """Export RUN_DIR, MODEL.keras or a FOLDS_DIR (one SavedModel with every fold, the TTA and the cv's
+    post-processing) for TF Serving (signatures serving_default, serving_4d, serving_bytes)."""
     from kerasseg.export import export_model
 
-    path = export_model(source, out, version=version, force=force)
+    path = export_model(source, out, version=version, force=force, tta=tta)
     click.echo(f"exported {source} -> {path}")
 
 
@@ -27,9 +34,11 @@ def export_cmd(source, out, version, force):
 @click.option("--mask-hint", "mask_hint", default=None, type=click.Path(path_type=str),
               help="Mask image whose non-zero bounding box is the ROI.")
 @click.option("--out", "out", default="predictions", show_default=True, type=click.Path(path_type=str),
-              help="Output folder for masks, overlays and JSON.")
-def predict_cmd(model, inputs, roi, mask_hint, out):
-    """Segment INPUT... (DICOM, PNG/TIFF or .npz) with MODEL (run dir, .keras or TF Serving export)."""
+              help="Output folder for masks, uncertainty maps, overlays and JSON.")
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
+              help="Test-time augmentation: none, flips (4) or dihedral (8); not for an export (built in).")
+def predict_cmd(model, inputs, roi, mask_hint, out, tta):
+    """Segment INPUT... (DICOM, PNG/TIFF or .npz) with MODEL (run dir, .keras, folds dir or TF Serving export)."""
     from kerasseg.export.predict import parse_roi, predict_inputs
 
     if roi is not None and mask_hint is not None:
@@ -46,7 +55,7 @@ def predict_cmd(model, inputs, roi, mask_hint, out):
             click.echo(f"{path}: mass area {info['area_px']} px{mm} -> {info['mask']}")
 
     results, failures = predict_inputs(model, inputs, out, roi=box, mask_hint=mask_hint,
-                                       on_result=report, progress=len(inputs) > 1)
+                                       on_result=report, progress=len(inputs) > 1, tta=tta)
     if failures:
         raise KerassegError(f"{len(failures)} of {len(inputs)} input(s) failed")
 

@@ -156,7 +156,11 @@ def test_predict_dicom_with_roi_cli(export_dir, mammogram, tmp_path):
     assert ov.shape == mammogram.shape + (3,) and ov.dtype == np.uint8
     np.testing.assert_array_equal(ov[20, 30:70], np.tile([255, 220, 0], (40, 1)))  # box edge
     assert np.all(ov[binary & (ov[..., 1] < 200)][:, 0] >= ov[binary & (ov[..., 1] < 200)][:, 1])
-    assert sorted(p.name for p in out.iterdir()) == ["scan.json", "scan_mask.png", "scan_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["scan.json", "scan_mask.png", "scan_overlay.png",
+                                                     "scan_uncertainty.png"]
+    unc = skimage.io.imread(out / "scan_uncertainty.png")
+    assert unc.shape == mammogram.shape and unc.dtype == np.uint8 and not unc.any()  # one model, no TTA
+    assert info["uncertainty"] == str(out / "scan_uncertainty.png") and info["mean_uncertainty"] == 0.0
 
 
 def test_predict_png_with_mask_hint(export_dir, mammogram, tmp_path):
@@ -218,6 +222,7 @@ def test_predict_npz_dataset(network, export_dir, tmp_path):
     ref = keras_reference(network, ds.images, "crf")
     np.testing.assert_allclose(pred["prob"], ref, atol=1e-5)
     np.testing.assert_array_equal(pred["pred"], (pred["prob"] >= 0.5).astype(np.uint8))
+    assert pred["uncertainty"].shape == pred["prob"].shape and not pred["uncertainty"].any()
     info = json.loads((tmp_path / "o" / "rois.json").read_text())
     assert [r["area_px"] for r in info["rois"]] == [int(m.sum()) for m in pred["pred"]]
     if ds.spacing_mm is not None:
@@ -259,3 +264,71 @@ def test_export_cli(model, network, tmp_path):
     np.testing.assert_allclose(got, np.asarray(bare(xs[..., None], training=False)["crf"])[..., 1], atol=1e-5)
     card = json.loads((tmp_path / "s" / "bare" / "1" / "assets" / "model_card.json").read_text())
     assert card["input_contract"]["preprocessing"]["normalization"] == "none"
+
+
+@pytest.fixture(scope="module")
+def folds(tmp_path_factory):
+    from test_export_ensemble import write_folds_dir
+
+    return write_folds_dir(tmp_path_factory.mktemp("cvp") / "cv-tiny")
+
+
+def test_tta_choices_are_the_library_modes():
+    from kerasseg.cli.export_cmds import TTA_CHOICES
+    from kerasseg.models.ensemble import TTA_MODES
+
+    assert TTA_CHOICES == TTA_MODES
+
+
+def test_predict_folds_dir_with_tta_cli(folds, mammogram, tmp_path):
+    """`predict FOLDS_DIR --tta flips`: the ensemble graph with the cv's post-processing, and its
+    uncertainty map beside the mask."""
+    import keras
+
+    from kerasseg.cli.main import cli
+    from kerasseg.export.predict import uncertainty_to_uint8
+    from kerasseg.models.ensemble import ensemble_function
+    from test_export_ensemble import POST
+
+    dcm = tmp_path / "scan.dcm"
+    write_dicom(dcm, mammogram, spacing=(0.07, 0.07))
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(cli, ["predict", str(folds), str(dcm), "--roi", "30,20,70,60", "--out", str(out),
+                                   "--tta", "flips"])
+    assert res.exit_code == 0, res.output
+    members = [keras.saving.load_model(folds / f"fold-{k}" / "model.keras") for k in (1, 2)]
+    crop = mammogram[None, 20:60, 30:70].astype(np.float32)
+    ref = {k: v.numpy() for k, v in ensemble_function(members, tta="flips", postprocessing=POST)(crop).items()}
+    mask = skimage.io.imread(out / "scan_mask.png") // 255
+    unc = skimage.io.imread(out / "scan_uncertainty.png")
+    np.testing.assert_array_equal(mask[20:60, 30:70], ref["mask"][0])
+    assert not mask[:20].any() and not unc[:20].any() and not unc[:, 70:].any()
+    assert np.abs(unc[20:60, 30:70].astype(int) - uncertainty_to_uint8(ref["uncertainty"][0])).max() <= 1
+    np.testing.assert_array_equal(uncertainty_to_uint8(np.array([0.0, 0.25, 0.5, 0.7])), [0, 128, 255, 255])
+    assert unc.max() > 0  # two members and four flips disagree somewhere
+    info = json.loads((out / "scan.json").read_text())
+    assert info["mean_uncertainty"] == pytest.approx(float(ref["uncertainty"].mean()), abs=1e-6)
+
+
+def test_export_folds_dir_cli_and_tta_errors(folds, tmp_path):
+    from kerasseg.cli.main import cli
+
+    base = tmp_path / "s" / "m"
+    res = CliRunner().invoke(cli, ["export", str(folds), "--out", str(base), "--tta", "dihedral"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((base / "1" / "assets" / "model_card.json").read_text())
+    assert card["ensemble"]["tta"] == "dihedral" and len(card["ensemble"]["members"]) == 2
+    res = CliRunner().invoke(cli, ["export", str(folds), "--out", str(base), "--tta", "rot90"])
+    assert res.exit_code != 0 and "Invalid value for '--tta'" in res.output
+    # an export's TTA is in its graph: --tta is refused for it, with one line
+    png = tmp_path / "x.png"
+    skimage.io.imsave(png, np.full((20, 20), 1000, np.uint16), check_contrast=False)
+    res = CliRunner().invoke(cli, ["predict", str(base), str(png), "--tta", "flips", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "has its TTA built in" in res.output and "Traceback" not in res.output
+    # predicting through the export equals predicting from the folds dir with the same TTA
+    x = np.random.default_rng(3).normal(100, 30, (2, 36, 45)).astype(np.float32)
+    a = Segmenter(base).predict(x)
+    b = Segmenter(folds, tta="dihedral").predict(x)
+    for k in ("probability", "uncertainty"):
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+    np.testing.assert_array_equal(a["mask"], b["mask"])

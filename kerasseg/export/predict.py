@@ -1,14 +1,19 @@
 """``kerasseg predict``: segment masses in DICOM/PNG/TIFF images or ``.npz`` ROI datasets.
 
-The model is a training run directory, a ``.keras`` file, or a TF Serving export (``BASE/NAME`` or
-``BASE/NAME/<version>``); all three go through the same ``serving_default`` computation (resize to
-the model size, normalise, network + CRF, resize back), so ``predict`` on a run and on its export agree.
+The model is a training run directory, a ``.keras`` file, a cross-validation folds dir (``kerasseg
+fit --folds``: the ensemble of its folds with the post-processing its cv.json chose) or a TF Serving
+export (``BASE/NAME`` or ``BASE/NAME/<version>``); all go through the same ``serving_default``
+computation (:func:`kerasseg.models.ensemble.ensemble_function`: resize to the model size, the TTA
+transforms, normalise, network + CRF of every member, mean, resize back, threshold, post-process),
+so ``predict`` on a run and on its export agree.
 
 For a whole image the ROI is given as a box ``x0,y0,x1,y1`` (x = column; x1, y1 exclusive) or as the
 bounding box of a hint mask; without either the whole image is taken as the ROI crop. Per input the
-outputs are ``<stem>_mask.png`` (0/255 at full resolution), ``<stem>_overlay.png`` and ``<stem>.json``
-(box, area in px and mm^2 when the pixel spacing is known, perimeter from ``skimage.measure.perimeter``).
-An ``.npz`` dataset gives ``<stem>_predictions.npz`` (ids, prob, pred) and ``<stem>.json`` per ROI.
+outputs are ``<stem>_mask.png`` (0/255 at full resolution), ``<stem>_uncertainty.png`` (the std of the
+mass probability over members x TTA transforms, 8 bit: ``round(255 * std / 0.5)``, 0 outside the ROI),
+``<stem>_overlay.png`` and ``<stem>.json`` (box, area in px and mm^2 when the pixel spacing is known,
+perimeter from ``skimage.measure.perimeter``). An ``.npz`` dataset gives ``<stem>_predictions.npz``
+(ids, prob, pred, uncertainty) and ``<stem>.json`` per ROI.
 """
 
 from __future__ import annotations
@@ -25,19 +30,27 @@ from kerasseg.errors import KerassegError
 
 # --------------------------------------------------------------------------- the segmenter
 class Segmenter:
-    """Wraps a run dir / ``.keras`` file / TF Serving export as ``images (B,h,w) -> (prob, mask)``.
+    """Wraps a run dir / ``.keras`` file / folds dir / TF Serving export as
+    ``images (B,h,w) -> (prob, mask)`` (:meth:`predict` adds the uncertainty).
 
-    A run or ``.keras`` file runs the very function that export saves as ``serving_default``
-    (:func:`kerasseg.export.savedmodel.build_serving_module`); an export runs its loaded signature.
+    A run, ``.keras`` file or folds dir runs the very function that export saves as
+    ``serving_default`` (:func:`kerasseg.export.savedmodel.build_serving_module`, with ``tta``);
+    an export runs its loaded signature (its TTA is part of it: ``tta`` must be ``"none"``).
     """
 
-    def __init__(self, source, batch_size: int = 32):
-        from kerasseg.export.savedmodel import build_serving_module, find_export, load_source
+    def __init__(self, source, batch_size: int = 32, tta: str = "none"):
+        from kerasseg.export.savedmodel import build_serving_module, find_export, load_ensemble
+        from kerasseg.models.ensemble import tta_transforms
 
         self.batch_size = int(batch_size)
         self.source = source
+        self.tta = tta
+        tta_transforms(tta)  # a one-line error for an unknown mode
         export = find_export(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else None
         if export is not None:
+            if tta != "none":
+                raise KerassegError("--tta applies to run dirs, .keras files and folds dirs; an export has "
+                                    "its TTA built in (see its assets/model_card.json)", export)
             import tensorflow as tf
 
             try:
@@ -47,13 +60,22 @@ class Segmenter:
                 raise KerassegError(f"cannot load SavedModel: {str(exc).splitlines()[0]}", export) from None
             self.kind = "export"
         else:
-            model, _config, _run = load_source(source)
-            self._module = build_serving_module(model)
+            src = load_ensemble(source)
+            self._module = build_serving_module(src, tta=tta)
             self._fn = self._module.serve
             self.kind = "keras"
 
     def __call__(self, images):
         """Segment ROI crops ``images`` float (B, h, w) or (B, h, w, 1); returns (prob float32, mask uint8)."""
+        out = self.predict(images)
+        return out["probability"], out["mask"]
+
+    def predict(self, images) -> dict:
+        """Segment ROI crops ``images`` float (B, h, w) or (B, h, w, 1).
+
+        Returns ``{"probability": float32, "mask": uint8, "uncertainty": float32}`` (B, h, w) NumPy
+        arrays (uncertainty 0 from an export written before it had that output).
+        """
         import tensorflow as tf
 
         x = np.asarray(images, dtype=np.float32)
@@ -69,14 +91,14 @@ class Segmenter:
             raise KerassegError(f"ROI crops must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got shape {tuple(x.shape)}")
         if not np.all(np.isfinite(x)):
             raise KerassegError("images contain NaN or infinite values")
-        probs, masks = [], []
+        dtypes = {"probability": np.float32, "mask": np.uint8, "uncertainty": np.float32}
+        parts = {k: [] for k in dtypes}
         for i in range(0, len(x), self.batch_size):
             out = self._fn(image=tf.constant(x[i:i + self.batch_size]))
-            probs.append(out["probability"].numpy())
-            masks.append(out["mask"].numpy())
-        if not probs:
-            return np.zeros(x.shape, np.float32), np.zeros(x.shape, np.uint8)
-        return np.concatenate(probs).astype(np.float32), np.concatenate(masks).astype(np.uint8)
+            for k in dtypes:
+                parts[k].append(out[k].numpy() if k in out else np.zeros(out["probability"].shape, dtypes[k]))
+        return {k: (np.concatenate(v).astype(dtypes[k]) if v else np.zeros(x.shape, dtypes[k]))
+                for k, v in parts.items()}
 
 
 # --------------------------------------------------------------------------- reading inputs
@@ -155,6 +177,11 @@ def write_json(path, obj) -> None:
     _atomic(Path(path), _w)
 
 
+def uncertainty_to_uint8(std: np.ndarray) -> np.ndarray:
+    """Uncertainty map (std of probabilities, in [0, 0.5]) -> uint8 ``round(255 * std / 0.5)``."""
+    return np.clip(np.round(np.asarray(std, np.float64) * 510.0), 0, 255).astype(np.uint8)
+
+
 def to_uint8(img: np.ndarray) -> np.ndarray:
     """Grey image to uint8 with a 0.5-99.5 percentile window."""
     img = np.asarray(img, dtype=np.float64)
@@ -208,14 +235,19 @@ def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None) -> dict:
         box = (0, 0, w, h)
     x0, y0, x1, y1 = box
     crop = image.pixels[y0:y1, x0:x1]
-    prob, mask = segmenter(crop[np.newaxis])
+    out = segmenter.predict(crop[np.newaxis])
+    prob, mask, unc = out["probability"], out["mask"], out["uncertainty"]
     full = np.zeros((h, w), np.uint8)
     full[y0:y1, x0:x1] = mask[0]
+    full_unc = np.zeros((h, w), np.uint8)
+    full_unc[y0:y1, x0:x1] = uncertainty_to_uint8(unc[0])
     output_dir(out_dir)
     stem = path.stem
     mask_path = out_dir / f"{stem}_mask.png"
+    unc_path = out_dir / f"{stem}_uncertainty.png"
     overlay_path = out_dir / f"{stem}_overlay.png"
     write_png(mask_path, full * np.uint8(255))
+    write_png(unc_path, full_unc)
     write_png(overlay_path, overlay(image.pixels, full, box))
     info = {
         "input": str(path),
@@ -224,7 +256,9 @@ def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None) -> dict:
         "pixel_spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
         **measure(full, image.spacing_mm),
         "max_probability": float(prob.max()),
+        "mean_uncertainty": float(unc.mean()),
         "mask": str(mask_path),
+        "uncertainty": str(unc_path),
         "overlay": str(overlay_path),
     }
     write_json(out_dir / f"{stem}.json", info)
@@ -240,13 +274,15 @@ def predict_npz(segmenter, path, out_dir) -> dict:
     ds = load_npz(path)
     if len(ds.images) == 0:
         raise KerassegError("dataset holds no ROI", path)
-    prob, pred = segmenter(ds.images)
+    out = segmenter.predict(ds.images)
+    prob, pred, unc = out["probability"], out["mask"], out["uncertainty"]
     output_dir(out_dir)
     pred_path = out_dir / f"{path.stem}_predictions.npz"
 
     def _w(tmp):
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, ids=ds.ids, prob=prob, pred=pred, data_hash=np.array(ds.data_hash()))
+            np.savez_compressed(fh, ids=ds.ids, prob=prob, pred=pred, uncertainty=unc,
+                                data_hash=np.array(ds.data_hash()))
 
     _atomic(pred_path, _w)
     rois = []
@@ -261,14 +297,15 @@ def predict_npz(segmenter, path, out_dir) -> dict:
     return info
 
 
-def predict_inputs(source, inputs, out_dir, roi=None, mask_hint=None, on_result=None, progress=False):
+def predict_inputs(source, inputs, out_dir, roi=None, mask_hint=None, on_result=None, progress=False,
+                   tta: str = "none"):
     """Run :func:`predict_image` / :func:`predict_npz` over ``inputs``; one bad input does not stop the others.
 
     Returns ``(results, failures)``: results maps input -> JSON dict, failures maps input -> message.
     ``on_result(path, info_or_None, error_or_None)`` is called after each input.
     """
     output_dir(out_dir, create=False)  # before loading the model
-    segmenter = source if isinstance(source, Segmenter) else Segmenter(source)
+    segmenter = source if isinstance(source, Segmenter) else Segmenter(source, tta=tta)
     if isinstance(roi, str):
         roi = parse_roi(roi)
     results, failures = {}, {}
