@@ -2,7 +2,7 @@
 
 The same problem (unary logits, normalised grey image, spatial + bilateral kernels with CRFRNN's default
 bandwidths and weights, Potts compatibility, 10 mean-field iterations, no kernel normalisation) is solved
-by pydensecrf2 and by CRFRNN (exact at 40x40, scalable at every size); per-image time and the fraction of
+by pydensecrf2 and by CRFRNN (exact at 40x40, grid at every size); per-image time and the fraction of
 pixels whose label agrees with pydensecrf2.
 """
 
@@ -57,7 +57,7 @@ def run(mode="quick", iterations=10):
         batch = BATCH[mode] if size <= 40 else 1
         img, unary = problem(batch, size, seed=1)
         row = {"size": size, "images": batch}
-        forms = [f for f, limit in (("exact", 4096), ("lowrank", 65536), ("scalable", None))
+        forms = [f for f, limit in (("exact", 4096), ("lowrank", 65536), ("grid", None))
                  if limit is None or size * size <= limit]
         ours = {}
         for form in forms:

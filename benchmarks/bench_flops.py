@@ -59,7 +59,7 @@ def conv_flops(model) -> int:
 
 def crf_flops(layer, h, w, iterations) -> int | None:
     """Matrix-product FLOPs of a two-class CRFRNN mean field on one h x w ROI (None: grid form)."""
-    from kerasseg.layers import crf_lowrank
+    from kerasseg.layers.crf import lowrank as crf_lowrank
 
     p = h * w
     backend = layer._backend_for(p)
@@ -67,10 +67,11 @@ def crf_flops(layer, h, w, iterations) -> int | None:
         return 2 * p * p * 2 * len(layer.kernels) * iterations  # (P, P) x (P, 2) per kernel
     if backend != "lowrank":
         return None
-    k = crf_lowrank.OPTIONS["range_anchors"]
+    k = layer.lowrank_options.range_anchors  # the layer's own settings, as saved in its config
+    rtol = layer.lowrank_options.spatial_rtol
 
     def separable(theta, maps):  # compress + expand, or the full (n, n) products
-        ry, rx = crf_lowrank.spatial_rank(h, theta), crf_lowrank.spatial_rank(w, theta)
+        ry, rx = crf_lowrank.spatial_rank(h, theta, rtol), crf_lowrank.spatial_rank(w, theta, rtol)
         if ry == h and rx == w:
             return maps * (2 * h * w * w + 2 * w * h * h)
         return maps * 2 * (2 * h * w * rx + 2 * rx * h * ry)
@@ -80,8 +81,8 @@ def crf_flops(layer, h, w, iterations) -> int | None:
         if kernel == "spatial":
             per_iter += separable(layer.theta_spatial, 1)
         elif kernel == "bilateral":
-            ry = crf_lowrank.spatial_rank(h, layer.theta_alpha)
-            rx = crf_lowrank.spatial_rank(w, layer.theta_alpha)
+            ry = crf_lowrank.spatial_rank(h, layer.theta_alpha, rtol)
+            rx = crf_lowrank.spatial_rank(w, layer.theta_alpha, rtol)
             per_iter += separable(layer.theta_alpha, k) + 2 * k * k * rx * ry + 3 * k * p
         else:  # intensity: sums over pixels, then back
             per_iter += 4 * k * p

@@ -1,4 +1,4 @@
-"""Tests for kerasseg.layers.crf.CRFRNN against an independent NumPy float64 mean-field."""
+"""Tests for kerasseg.layers.crf.CRFRNN (the exact form) against an independent NumPy float64 mean-field."""
 
 import sys
 
@@ -76,7 +76,7 @@ def free_energy(q, unary, image, kernels, thetas, weights, compat):
 
 
 def make_layer(kernels, weights=None, compat=None, c=2, f=1, **kw):
-    layer = CRFRNN(kernels=kernels, **{**THETAS, **kw})
+    layer = CRFRNN(kernels=kernels, **{"mode": "exact", **THETAS, **kw})
     layer.build([(None, 4, 4, c), (None, 4, 4, f)])
     if weights is not None:
         layer.kernel_weights.assign(np.asarray(weights, np.float32))
@@ -214,7 +214,7 @@ def test_gradients_match_finite_differences(rng):
     unary = unary.astype(np.float64)
     image = image.astype(np.float64)
     layer = CRFRNN(
-        kernels=ALL, iterations_test=3, trainable_bandwidths=True, dtype="float64",
+        kernels=ALL, iterations_test=3, trainable_bandwidths=True, dtype="float64", mode="exact",
         spatial_weight=0.4, bilateral_weight=0.3, intensity_weight=0.2, **THETAS
     )
     layer.build([unary.shape, image.shape])
@@ -298,7 +298,7 @@ def test_get_config_round_trip(rng):
     layer = CRFRNN(
         iterations_train=2, iterations_test=7, kernels=["intensity", "spatial"], theta_spatial=2.0,
         theta_intensity=0.7, spatial_weight=0.3, intensity_weight=0.01, trainable_bandwidths=True,
-        trainable_compatibility=False, max_dense_pixels=900, name="c",
+        trainable_compatibility=False, max_dense_pixels=900, name="c", mode="exact",
     )
     config = layer.get_config()
     clone = CRFRNN.from_config(config)
@@ -315,7 +315,7 @@ def test_get_config_round_trip(rng):
 
 
 def test_keras_file_round_trip(rng, tmp_path):
-    model = _tiny_model(crf_kwargs=dict(kernels=ALL, trainable_bandwidths=True, iterations_test=3))
+    model = _tiny_model(crf_kwargs=dict(kernels=ALL, trainable_bandwidths=True, iterations_test=3, mode="exact"))
     crf = model.get_layer("crf")
     crf.kernel_weights.assign([0.2, 0.1, 0.01])
     crf.compatibility.assign([[0.0, 1.3], [0.8, 0.1]])
@@ -332,7 +332,7 @@ def test_savedmodel_export_reload_with_core_ops(rng, tmp_path):
     from tensorflow.python.framework import op_def_registry
     from tensorflow.core.protobuf import saved_model_pb2
 
-    model = _tiny_model(crf_kwargs=dict(kernels=ALL, iterations_test=3))
+    model = _tiny_model(crf_kwargs=dict(kernels=ALL, iterations_test=3, mode="exact"))
     x = rng.normal(size=(2, 8, 10, 1)).astype(np.float32)
     want = model.predict(x, verbose=0)
     path = str(tmp_path / "export")
@@ -405,13 +405,13 @@ def test_mirrored_strategy_predict_and_fit(rng):
 # ---------------------------------------------------------------- errors
 def test_too_large_input_raises_clear_error():
     with pytest.raises(KerassegError) as err:
-        _tiny_model(h=70, w=60)
+        _tiny_model(h=70, w=60, crf_kwargs=dict(mode="exact"))
     msg = str(err.value)
-    assert "\n" not in msg and "max_dense_pixels=4096" in msg and "4200" in msg and 'mode="scalable"' in msg
-    layer = CRFRNN(max_dense_pixels=100)
+    assert "\n" not in msg and "max_dense_pixels=4096" in msg and "4200" in msg and 'mode="grid"' in msg
+    layer = CRFRNN(max_dense_pixels=100, mode="exact")
     with pytest.raises(KerassegError, match="max_dense_pixels=100"):
         layer([np.zeros((1, 11, 10, 2), np.float32), np.zeros((1, 11, 10, 1), np.float32)])
-    _tiny_model(h=64, w=64)  # exactly at the default limit is accepted
+    _tiny_model(h=64, w=64, crf_kwargs=dict(mode="exact"))  # exactly at the default limit is accepted
 
 
 def test_mismatched_inputs_raise():
@@ -437,65 +437,85 @@ def test_bad_arguments_raise(kwargs, word):
         CRFRNN(**kwargs)
 
 
-def test_scalable_mode_without_backend_raises(monkeypatch):
-    monkeypatch.setitem(sys.modules, "kerasseg.layers.crf_filters", None)
-    with pytest.raises(KerassegError, match="crf_filters"):
-        CRFRNN(mode="scalable")
+def test_grid_mode_without_backend_raises(monkeypatch):
+    from kerasseg.layers.crf import layer as crf_layer
+
+    monkeypatch.delitem(crf_layer.BACKENDS, "grid")
+    for mode in ("grid", "scalable"):
+        with pytest.raises(KerassegError, match="'grid' CRF backend is not available"):
+            CRFRNN(mode=mode)
     layer = CRFRNN(mode="auto", lowrank_max_pixels=64)  # the low-rank form below the limit still works
     out = layer([np.zeros((1, 8, 8, 2), np.float32), np.zeros((1, 8, 8, 1), np.float32)])
     np.testing.assert_allclose(out.numpy(), 0.5, atol=1e-6)
-    with pytest.raises(KerassegError, match="crf_filters"):
+    with pytest.raises(KerassegError, match="'grid' CRF backend is not available"):
         CRFRNN(mode="auto", lowrank_max_pixels=63)(
             [np.zeros((1, 8, 8, 2), np.float32), np.zeros((1, 8, 8, 1), np.float32)]
         )
 
 
-@pytest.mark.parametrize("with_map_messages", [False, True])
-def test_scalable_backend_plugs_in(rng, monkeypatch, with_map_messages):
-    """A backend module with prepare()/messages() is used by mode="scalable" and by "auto" above
-    lowrank_max_pixels; with map_messages()/ones_messages() too, the two-class path uses those."""
-    import types
+@pytest.mark.parametrize("c", [2, 3])
+def test_grid_backend_plugs_in(rng, monkeypatch, c):
+    """A backend object satisfying the CRFBackend protocol is used by mode="grid" and by "auto" above
+    lowrank_max_pixels, with its own options; two labels run the one-map path (map_messages /
+    ones_messages), more the softmax loop on messages."""
+    from kerasseg.layers.crf import CRFBackend, GridOptions
+    from kerasseg.layers.crf import layer as crf_layer
+    from kerasseg.layers.crf.mean_field import MeanFieldMixin
 
     calls = []
 
-    def prepare(image, *, kernels, bandwidths):
-        assert set(bandwidths) == {"spatial", "alpha", "beta", "intensity"}
-        calls.append(tuple(kernels))
-        thetas = {f"theta_{k}": float(v) for k, v in bandwidths.items()}
-        return image, kernels, thetas
+    class DenseNumpyBackend(MeanFieldMixin):  # a dense NumPy stand-in for the linear-cost filters
+        name = "grid"
 
-    def messages(q, state):  # a dense NumPy stand-in for the real linear-cost filters
-        image, kernels, thetas = state
-        b, h, w, c = q.shape
-        mats = ref_kernels(np.asarray(image), kernels, thetas)
-        qf = np.asarray(q, np.float64).reshape(b, h * w, c)
-        return [tf.constant((m @ qf).reshape(b, h, w, c), tf.float32) for m in mats]
+        def __init__(self, options=None):
+            self.options = options
 
-    fake = types.SimpleNamespace(prepare=prepare, messages=messages)
-    if with_map_messages:
-        fake.map_messages = lambda x, state: [m[..., 0] for m in messages(x[..., None], state)]
-        fake.ones_messages = lambda state: [
-            m[..., 0] for m in messages(tf.ones_like(state[0][..., :1]), state)
-        ]
-    monkeypatch.setitem(sys.modules, "kerasseg.layers.crf_filters", fake)
-    unary, image = random_inputs(rng, b=2, h=5, w=6)
+        def prepare(self, image, *, kernels, bandwidths):
+            assert set(bandwidths) == {"spatial", "alpha", "beta", "intensity"}
+            calls.append((tuple(kernels), "prepare"))
+            thetas = {f"theta_{k}": float(v) for k, v in bandwidths.items()}
+            return image, kernels, thetas
+
+        def messages(self, q, state):
+            calls.append("messages")
+            image, kernels, thetas = state
+            b, h, w, ch = q.shape
+            mats = ref_kernels(np.asarray(image), kernels, thetas)
+            qf = np.asarray(q, np.float64).reshape(b, h * w, ch)
+            return [tf.constant((m @ qf).reshape(b, h, w, ch), tf.float32) for m in mats]
+
+        def map_messages(self, x, state):
+            calls.append("map_messages")
+            return [m[..., 0] for m in self.messages(x[..., None], state)]
+
+        def ones_messages(self, state):
+            return [m[..., 0] for m in self.messages(tf.ones_like(state[0][..., :1]), state)]
+
+    assert isinstance(DenseNumpyBackend(), CRFBackend)
+    built = []
+    monkeypatch.setitem(crf_layer.BACKENDS, "grid", lambda options: built.append(options) or DenseNumpyBackend(options))
+    unary, image = random_inputs(rng, b=2, h=5, w=6, c=c)
     weights = [0.3, 0.4, 0.05]
-    compat = np.array([[0.2, 1.3], [0.7, -0.1]])  # not Potts: exercises the two-class algebra
+    compat = rng.uniform(-0.5, 1.5, size=(c, c))  # not Potts: exercises the two-class algebra
     want = ref_mean_field(unary, image, ALL, THETAS, weights, compat, 3)
-    for kwargs in (dict(mode="scalable"), dict(mode="auto", lowrank_max_pixels=29)):
-        layer = make_layer(ALL, weights, compat, iterations_test=3, **kwargs)
+    for kwargs in (dict(mode="grid"), dict(mode="auto", lowrank_max_pixels=29)):
+        layer = make_layer(ALL, weights, compat, c=c, iterations_test=3,
+                           grid_options={"intensity_bins": 64}, **kwargs)
         np.testing.assert_allclose(layer([unary, image]).numpy(), want, atol=1e-5)
-    assert calls == [ALL, ALL]
-    lowrank = make_layer(ALL, weights, compat, iterations_test=3, mode="auto", lowrank_max_pixels=30)
+    assert [x for x in calls if isinstance(x, tuple)] == [(ALL, "prepare")] * 2
+    assert ("map_messages" in calls) == (c == 2)
+    assert built and all(o == GridOptions(intensity_bins=64) for o in built)
+    n_calls = len(calls)
+    lowrank = make_layer(ALL, weights, compat, c=c, iterations_test=3, mode="auto", lowrank_max_pixels=30)
     np.testing.assert_allclose(lowrank([unary, image]).numpy(), want, atol=2e-3)
-    assert len(calls) == 2  # 30 pixels <= limit: low-rank form, backend not called
+    assert len(calls) == n_calls  # 30 pixels <= limit: low-rank form, backend not called
 
 
 def test_custom_backward_matches_autodiff_of_plain_loop(rng):
     """The hand-written exact backward equals TF autodiff of a plain mean-field loop built on _messages."""
     unary, image = random_inputs(rng, b=3, h=7, w=9, c=3, f=2)
     unary, image = tf.constant(unary.astype(np.float64)), tf.constant(image.astype(np.float64))
-    layer = CRFRNN(kernels=ALL, iterations_train=5, trainable_bandwidths=True, dtype="float64",
+    layer = CRFRNN(kernels=ALL, iterations_train=5, trainable_bandwidths=True, dtype="float64", mode="exact",
                    spatial_weight=0.3, bilateral_weight=0.2, intensity_weight=0.05, **THETAS)
     layer.build([unary.shape, image.shape])
     layer.compatibility.assign(rng.uniform(-0.5, 1.5, size=(3, 3)))

@@ -1,4 +1,4 @@
-"""Linear-cost CRF filtering (kerasseg.layers.crf_filters) against the dense NumPy float64 form."""
+"""Linear-cost CRF filtering (kerasseg.layers.crf.grid) against the dense NumPy float64 form."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from fixtures_data import disc_crf_problem as _images
 from kerasseg.errors import KerassegError
-from kerasseg.layers import crf_filters as cf
 from kerasseg.layers.crf import CRFRNN
+from kerasseg.layers.crf import grid as cf
 
 
 def _dense(q, kernel_fn):
@@ -84,7 +84,7 @@ def test_self_term_removed_for_lone_pixel():
 def test_crfrnn_scalable_agrees_with_exact(rng, kernels):
     img, unary = _images(rng, b=4)
     exact = CRFRNN(kernels=kernels, mode="exact")([unary, img]).numpy()
-    scal = CRFRNN(kernels=kernels, mode="scalable")([unary, img]).numpy()
+    scal = CRFRNN(kernels=kernels, mode="grid")([unary, img]).numpy()
     # the CRF must actually change the labels for the agreement to mean something
     assert ((exact[..., 1] > 0.5) != (unary[..., 1] > 0)).mean() > 0.05
     assert np.abs(exact - scal).mean() < 0.02
@@ -131,9 +131,9 @@ def test_grid_and_kernel_sizes_scale_linearly():
 def test_runs_at_512_where_exact_refuses(rng):
     img = rng.standard_normal((1, 512, 512, 1)).astype(np.float32)
     unary = rng.standard_normal((1, 512, 512, 2)).astype(np.float32)
-    with pytest.raises(KerassegError, match="scalable"):
+    with pytest.raises(KerassegError, match="grid"):
         CRFRNN(mode="exact")([unary, img])
-    layer = CRFRNN(kernels=("spatial", "bilateral", "intensity"), mode="scalable", iterations_test=2)
+    layer = CRFRNN(kernels=("spatial", "bilateral", "intensity"), mode="grid", iterations_test=2)
     out = layer([unary, img]).numpy()
     assert out.shape == (1, 512, 512, 2)
     assert np.isfinite(out).all()
@@ -142,13 +142,13 @@ def test_runs_at_512_where_exact_refuses(rng):
 
 def test_auto_mode_dispatch(rng, monkeypatch):
     calls = []
-    real = cf.prepare
+    real = cf.GridBackend.prepare
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(cf, "prepare", spy)
+    monkeypatch.setattr(cf.GridBackend, "prepare", spy)
     small_img, small_un = _images(rng, b=1)
     CRFRNN(mode="auto", iterations_test=1)([small_un, small_img])
     assert calls == []
@@ -162,7 +162,7 @@ def test_auto_mode_dispatch(rng, monkeypatch):
 
 def test_gradients_flow_to_unary_and_image(rng):
     img, unary = _images(rng, b=2)
-    layer = CRFRNN(kernels=("spatial", "bilateral", "intensity"), mode="scalable", iterations_train=3)
+    layer = CRFRNN(kernels=("spatial", "bilateral", "intensity"), mode="grid", iterations_train=3)
     u, x = tf.Variable(unary), tf.Variable(img)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(layer([u, x], training=True)[..., 1] ** 2)
@@ -180,7 +180,7 @@ def test_bad_parameters():
     with pytest.raises(KerassegError, match="one-channel"):
         cf.intensity_message(q, q, 1.0)
     with pytest.raises(KerassegError, match="trainable"):  # refused when the layer is made
-        CRFRNN(mode="scalable", trainable_bandwidths=True)
+        CRFRNN(mode="grid", trainable_bandwidths=True)
 
 
 def test_savedmodel_scalable_roundtrip(rng, tmp_path):
@@ -189,7 +189,7 @@ def test_savedmodel_scalable_roundtrip(rng, tmp_path):
     img, unary = _images(rng, b=2)
     u_in = keras.Input((40, 40, 2))
     x_in = keras.Input((40, 40, 1))
-    out = CRFRNN(kernels=("spatial", "bilateral", "intensity"), mode="scalable")([u_in, x_in])
+    out = CRFRNN(kernels=("spatial", "bilateral", "intensity"), mode="grid")([u_in, x_in])
     model = keras.Model([u_in, x_in], out)
     expected = model([unary, img]).numpy()
 
@@ -237,8 +237,8 @@ def test_messages_hook_equals_direct_filters(rng):
     img, _ = _images(rng)
     q = _q(rng, 2, 40, 40)
     bw = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
-    state = cf.prepare(tf.constant(img), kernels=("spatial", "bilateral", "intensity"), bandwidths=bw)
-    got = cf.messages(tf.constant(q), state)
+    state = cf.GridBackend().prepare(tf.constant(img), kernels=("spatial", "bilateral", "intensity"), bandwidths=bw)
+    got = cf.GridBackend().messages(tf.constant(q), state)
     direct = [
         cf.spatial_message(q, 3.0),
         cf.bilateral_message(q, img, 5.0, 0.5),
@@ -248,7 +248,7 @@ def test_messages_hook_equals_direct_filters(rng):
         np.testing.assert_allclose(g.numpy(), d.numpy(), rtol=1e-4, atol=2e-3)
 
 
-@pytest.mark.parametrize("mode", ["scalable", "auto"])
+@pytest.mark.parametrize("mode", ["grid", "auto"])
 def test_trainable_bandwidths_rejected_outside_exact_mode_at_construction(mode):
     from kerasseg.errors import KerassegError
     from kerasseg.layers import CRFRNN

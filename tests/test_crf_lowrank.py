@@ -1,4 +1,4 @@
-"""Low-rank CRF messages (kerasseg.layers.crf_lowrank) against dense NumPy float64 kernels,
+"""Low-rank CRF messages (kerasseg.layers.crf.lowrank) against dense NumPy float64 kernels,
 and CRFRNN(mode="lowrank") against the exact layer (values and gradients)."""
 
 import keras
@@ -8,8 +8,8 @@ import tensorflow as tf
 
 from fixtures_data import disc_crf_problem as _images
 from kerasseg.errors import KerassegError
-from kerasseg.layers import crf_lowrank as lr
-from kerasseg.layers.crf import CRFRNN
+from kerasseg.layers.crf import CRFRNN, LowRankOptions
+from kerasseg.layers.crf import lowrank as lr
 
 
 def _dense_kernel(img, kind, h, w, th):
@@ -33,7 +33,7 @@ THETAS = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
 
 @pytest.mark.parametrize("n,theta", [(40, 3.0), (40, 5.0), (64, 5.0), (12, 2.0)])
 def test_axis_factor_reproduces_the_gaussian(n, theta):
-    rtol = lr.OPTIONS["spatial_rtol"]
+    rtol = LowRankOptions().spatial_rtol
     f, full = lr.axis_factor(n, theta)
     d = np.arange(n)
     g = np.exp(-((d[:, None] - d[None]) ** 2) / (2 * theta**2))
@@ -64,7 +64,7 @@ def test_range_features_nystroem_error(rng, spread, bound):
     img = (spread * rng.standard_normal((2, 20, 20, 1))).astype(np.float32)
     phi, mix = lr.range_features(tf.constant(img), theta)
     phi, mix = phi.numpy().astype(np.float64), mix.numpy().astype(np.float64)
-    k = lr.OPTIONS["range_anchors"]
+    k = LowRankOptions().range_anchors
     assert phi.shape == (2, k, 20, 20) and mix.shape == (2, k, k)
     for b in range(2):
         f = phi[b].reshape(k, -1)
@@ -87,8 +87,8 @@ def test_messages_match_dense(rng, kind, h, w):
     img, _ = _images(rng, b=2, h=h, w=w)
     q = rng.random((2, h, w, 2))
     q = (q / q.sum(-1, keepdims=True)).astype(np.float32)
-    state = lr.prepare(tf.constant(img), kernels=(kind,), bandwidths=THETAS)
-    got = lr.messages(tf.constant(q), state)[0].numpy()
+    state = lr.LowRankBackend().prepare(tf.constant(img), kernels=(kind,), bandwidths=THETAS)
+    got = lr.LowRankBackend().messages(tf.constant(q), state)[0].numpy()
     ref = np.stack(
         [
             (_dense_kernel(img[b, ..., 0], kind, h, w, THETAS) @ q[b].reshape(-1, 2).astype(np.float64)).reshape(
@@ -103,7 +103,7 @@ def test_messages_match_dense(rng, kind, h, w):
     tol = {"spatial": 1e-4, "bilateral": 2e-3, "intensity": 2e-3}[kind]
     assert np.abs(got - ref).max() <= tol * scale
     # the one-map path (two-class mean field) gives the same first channel
-    one = lr.map_messages(tf.constant(q[..., 0]), state)[0].numpy()
+    one = lr.LowRankBackend().map_messages(tf.constant(q[..., 0]), state)[0].numpy()
     np.testing.assert_allclose(one, got[..., 0], atol=1e-5 * scale)
 
 
@@ -228,5 +228,5 @@ def test_configs_and_composites_run_the_fast_form():
     assert all(resolve_config(name)["crf"]["mode"] == "auto" for name in crf_configs)
     layer = build_model("crunet", input_size=40).get_layer("crf")
     assert layer.mode == "auto" and layer._backend_for(40 * 40) == "lowrank"
-    assert layer._backend_for(512 * 512) == "scalable"
+    assert layer._backend_for(512 * 512) == "grid"
     assert build_model("crunet", input_size=40, crf={"mode": "exact"}).get_layer("crf").mode == "exact"

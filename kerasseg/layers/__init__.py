@@ -3,7 +3,7 @@
 - :class:`ImagePreprocessor`, :class:`Resize`, :class:`Enhance`, :class:`Normalize`
   (preprocessing.py): raw ROI crop -> network input, inside every saved model.
 - :class:`PositionPrior` (prior.py): Zhu et al. eq. (6) image-sized log-prior bias.
-- :class:`CRFRNN` (crf.py): CRF-as-RNN mean-field layer.
+- :class:`CRFRNN` (crf/ package): CRF-as-RNN mean-field layer and its exact, lowrank and grid backends.
 """
 
 from kerasseg.layers.crf import CRFRNN

@@ -1,4 +1,4 @@
-"""Linear-cost message passing for the dense CRF (the ``scalable`` form of CRFRNN).
+"""The linear-cost grid CRF form (``CRFRNN(mode="grid")``; old names ``"scalable"``, ``"filters"``).
 
 The exact CRF-as-RNN computes, for every pixel ``i`` and label ``l``, the
 unnormalised Gaussian-weighted sum over every *other* pixel ``j``::
@@ -34,7 +34,9 @@ Thetas are in pixels (spatial) and in the units of the ``image`` tensor
 (intensity), as in the exact layer. ``image`` is (B, H, W, 1) (grey mammogram
 ROIs). The intensity axis of the grids adapts per image to that image's range
 with a fixed number of bins; when the range needs more bins than given, the bin
-spacing grows and the approximation degrades gracefully (the cost does not).
+spacing grows and the approximation degrades gracefully (the cost does not). The layer's settings
+(truncation, oversampling, bin counts) are a :class:`~kerasseg.layers.crf.backend.GridOptions` held
+by each layer and saved in its config.
 """
 
 from __future__ import annotations
@@ -45,27 +47,16 @@ import numpy as np
 import tensorflow as tf
 
 from kerasseg.errors import KerassegError
-from kerasseg.layers.crf_common import static_bandwidth
+from kerasseg.layers.crf.backend import GridOptions, last_label_messages, static_bandwidth
+from kerasseg.layers.crf.mean_field import MeanFieldMixin
 
 __all__ = [
-    "spatial_message",
-    "bilateral_message",
-    "intensity_message",
-    "spatial_kernel_radius",
-    "bilateral_grid_shape",
-    "intensity_bins",
-    "bilateral_plan",
-    "intensity_plan",
-    "prepare",
-    "messages",
-    "map_messages",
-    "ones_messages",
-    "OPTIONS",
-    "DEFAULT_TRUNCATE",
+    "GridBackend", "spatial_message", "bilateral_message", "intensity_message", "spatial_kernel_radius",
+    "bilateral_grid_shape", "intensity_bins", "bilateral_plan", "intensity_plan", "DEFAULT_TRUNCATE",
 ]
 
 # exp(-x^2/2) < 1e-6 beyond x = 5.26: the spatial filter is exact to ~1e-5 absolute
-DEFAULT_TRUNCATE = 5.3
+DEFAULT_TRUNCATE = GridOptions().truncate
 
 
 def _check_theta(name, value):
@@ -93,7 +84,7 @@ def _grey(image, q=None):
         image = image[..., None]
     if image.shape.rank != 4 or image.shape[-1] != 1 or image.shape[1] is None or image.shape[2] is None:
         raise KerassegError(
-            f"scalable CRF filtering needs a one-channel image (B, H, W, 1) with static H, W, got {image.shape}"
+            f"grid CRF filtering needs a one-channel image (B, H, W, 1) with static H, W, got {image.shape}"
         )
     return tf.cast(image[..., 0], tf.float32)
 
@@ -296,9 +287,8 @@ def bilateral_grid_shape(height, width, theta_alpha, *, spatial_oversample=2.0, 
     return ((height - 1) // step + 2, (width - 1) // step + 2, int(range_bins))
 
 
-def bilateral_plan(
-    image, theta_alpha, theta_beta, *, spatial_oversample=2.0, range_oversample=2.0, range_bins=32, truncate=4.0
-):
+def bilateral_plan(image, theta_alpha, theta_beta, *, spatial_oversample=2.0, range_oversample=2.0,
+                   range_bins=32, truncate=4.0):
     """Prepare :func:`bilateral_message` for ``image`` (B, H, W, 1); returns a callable q -> messages."""
     ta = _check_theta("bilateral spatial theta", theta_alpha)
     tb = _check_theta("bilateral intensity theta", theta_beta)
@@ -375,17 +365,8 @@ def bilateral_plan(
     return _Splat(h, w, batch, cells, ids, wts, self_w, blur, splat_ids, splat_wts)
 
 
-def bilateral_message(
-    q,
-    image,
-    theta_alpha,
-    theta_beta,
-    *,
-    spatial_oversample=2.0,
-    range_oversample=2.0,
-    range_bins=32,
-    truncate=4.0,
-):
+def bilateral_message(q, image, theta_alpha, theta_beta, *, spatial_oversample=2.0, range_oversample=2.0,
+                      range_bins=32, truncate=4.0):
     """``sum_{j != i} exp(-|p_i-p_j|^2/2 ta^2 - |I_i-I_j|^2/2 tb^2) q_j`` on a bilateral grid.
 
     q: (B, H, W, C); image: (B, H, W, 1). Cost O(N + grid cells * (taps + range_bins)),
@@ -393,104 +374,76 @@ def bilateral_message(
     """
     q = tf.convert_to_tensor(q)
     _static_hw(q)
-    plan = bilateral_plan(
-        image,
-        theta_alpha,
-        theta_beta,
-        spatial_oversample=spatial_oversample,
-        range_oversample=range_oversample,
-        range_bins=range_bins,
-        truncate=truncate,
-    )
+    plan = bilateral_plan(image, theta_alpha, theta_beta, spatial_oversample=spatial_oversample,
+                          range_oversample=range_oversample, range_bins=range_bins, truncate=truncate)
     return plan(q)
 
 
 # ---------------------------------------------------------------------------- CRFRNN backend
 
-#: Grid settings used by CRFRNN(mode="scalable"); change them before building a layer to trade
-#: accuracy for speed (documented in docs/benchmarks.md).
-OPTIONS = {
-    "truncate": DEFAULT_TRUNCATE,
-    "bilateral_spatial_oversample": 2.0,
-    "bilateral_range_oversample": 2.0,
-    "bilateral_range_bins": 32,
-    "intensity_oversample": 4.0,
-    "intensity_bins": 128,
-}
+
+def _static(name, value):
+    return static_bandwidth(name, value, "grid")
 
 
-def _static_bandwidth(name, value):
-    return static_bandwidth(name, value, "scalable")
+class GridBackend(MeanFieldMixin):
+    """The linear-cost grid form: a :class:`~kerasseg.layers.crf.backend.CRFBackend`.
 
+    Args:
+        options: a :class:`~kerasseg.layers.crf.backend.GridOptions`, a mapping of its fields, or
+            None (the defaults).
 
-def prepare(image, *, kernels, bandwidths):
-    """CRFRNN backend hook: per-call state (one filter per kernel, image-dependent parts precomputed,
-    and each filter's response to an all-ones label map, used by :func:`messages`).
-
-    image: (B, H, W, 1); kernels: names in ("spatial", "bilateral", "intensity");
-    bandwidths: dict of scalar tensors/floats ``spatial``, ``alpha``, ``beta``, ``intensity``.
+    Example:
+        >>> backend = GridBackend({"intensity_bins": 64})
+        >>> state = backend.prepare(image, kernels=("spatial", "bilateral"), bandwidths=bw)  # doctest: +SKIP
+        >>> q = backend.mean_field(unary, weights, compat, state, 10)  # doctest: +SKIP
     """
-    image = tf.convert_to_tensor(image)
-    if image.shape.rank != 4 or image.shape[-1] != 1:
-        raise KerassegError(f"CRFRNN scalable mode needs a one-channel image (B, H, W, 1), got {image.shape}")
-    o = OPTIONS
-    plans = []
-    for k in kernels:
-        if k == "spatial":
-            theta = _static_bandwidth("theta_spatial", bandwidths["spatial"])
-            plans.append(lambda q, t=theta: spatial_message(q, t, o["truncate"]))
-        elif k == "bilateral":
-            plans.append(
-                bilateral_plan(
-                    image,
-                    _static_bandwidth("theta_alpha", bandwidths["alpha"]),
-                    _static_bandwidth("theta_beta", bandwidths["beta"]),
-                    spatial_oversample=o["bilateral_spatial_oversample"],
-                    range_oversample=o["bilateral_range_oversample"],
-                    range_bins=o["bilateral_range_bins"],
-                )
-            )
-        elif k == "intensity":
-            plans.append(
-                intensity_plan(
-                    image,
-                    _static_bandwidth("theta_intensity", bandwidths["intensity"]),
-                    oversample=o["intensity_oversample"],
-                    bins=o["intensity_bins"],
-                )
-            )
-        else:
-            raise KerassegError(f"unknown CRF kernel {k!r}")
-    ones = tf.ones_like(image[..., :1], dtype=tf.float32)
-    return tuple((plan, plan(ones)) for plan in plans)
 
+    name = "grid"
 
-def messages(q, state):
-    """CRFRNN backend hook: the messages of every kernel for label map ``q``, in kernel order.
+    def __init__(self, options=None):
+        self.options = GridOptions.coerce(options)
 
-    CRFRNN passes softmax outputs, whose labels sum to 1 at every pixel, so only the first C-1
-    label channels are filtered; the last is the filtered all-ones map (computed once per call
-    by :func:`prepare`) minus the others. The filters are linear, so this equals filtering all
-    C channels whenever q sums to 1 over the labels, and halves the work for C = 2.
-    """
-    q = tf.convert_to_tensor(q)
-    c = q.shape[-1]
-    out = []
-    for plan, ones in state:
-        if c is None or c < 2:
-            out.append(plan(q))
-            continue
-        m_head = plan(q[..., : c - 1])
-        last = tf.cast(ones, m_head.dtype) - tf.reduce_sum(m_head, axis=-1, keepdims=True)
-        out.append(tf.concat([m_head, last], axis=-1))
-    return out
+    def prepare(self, image, *, kernels, bandwidths):
+        """One filter per kernel (image-dependent parts precomputed) and its response to an all-ones map.
 
+        image: (B, H, W, 1); bandwidths: mapping of scalars ``spatial``, ``alpha``, ``beta``, ``intensity``.
+        """
+        image = tf.convert_to_tensor(image)
+        if image.shape.rank != 4 or image.shape[-1] != 1:
+            raise KerassegError(f"CRFRNN grid mode needs a one-channel image (B, H, W, 1), got {image.shape}")
+        o = self.options
+        plans = []
+        for k in kernels:
+            if k == "spatial":
+                theta = _static("theta_spatial", bandwidths["spatial"])
+                plans.append(lambda q, t=theta: spatial_message(q, t, o.truncate))
+            elif k == "bilateral":
+                plans.append(bilateral_plan(
+                    image, _static("theta_alpha", bandwidths["alpha"]), _static("theta_beta", bandwidths["beta"]),
+                    spatial_oversample=o.bilateral_spatial_oversample,
+                    range_oversample=o.bilateral_range_oversample, range_bins=o.bilateral_range_bins,
+                ))
+            elif k == "intensity":
+                plans.append(intensity_plan(
+                    image, _static("theta_intensity", bandwidths["intensity"]),
+                    oversample=o.intensity_oversample, bins=o.intensity_bins,
+                ))
+            else:
+                raise KerassegError(f"CRFRNN: unknown CRF kernel {k!r}")
+        ones = tf.ones_like(image[..., :1], dtype=tf.float32)
+        return tuple((plan, plan(ones)[..., 0]) for plan in plans)
 
-def map_messages(x, state):
-    """Per-kernel messages of one map ``x`` (B, H, W), self term excluded (two-class fast path)."""
-    return [plan(x[..., None])[..., 0] for plan, _ in state]
+    def messages(self, q, state):
+        """Per-kernel messages (B, H, W, C): the first C-1 labels filtered, the last from the all-ones
+        response (:func:`~kerasseg.layers.crf.backend.last_label_messages`)."""
+        q = tf.convert_to_tensor(q)
+        return [last_label_messages(plan, q, ones) for plan, ones in state]
 
+    def map_messages(self, x, state):
+        """Per-kernel messages of one map ``x`` (B, H, W), self term excluded."""
+        return [plan(x[..., None])[..., 0] for plan, _ in state]
 
-def ones_messages(state):
-    """Per-kernel messages of the all-ones map, (B, H, W) each, computed once by :func:`prepare`."""
-    return [ones[..., 0] for _, ones in state]
+    def ones_messages(self, state):
+        """Per-kernel messages of the all-ones map, (B, H, W) each, computed once by :meth:`prepare`."""
+        return [ones for _, ones in state]

@@ -1,4 +1,4 @@
-"""Low-rank message passing for the dense CRF on ROI-sized inputs (``CRFRNN(mode="lowrank")``).
+"""The low-rank CRF form (``CRFRNN(mode="lowrank")``): messages as dense products of factorised kernels.
 
 The mean-field messages ``m_i = sum_{j != i} k(f_i, f_j) q_j`` of the three CRF kernels are
 computed with dense matrix products only (no gathers, no scatters), which is what a CPU or a
@@ -28,7 +28,9 @@ through ``phi``; anchor placement is treated as a constant), core TF, and the ba
 
 Cost per image and iteration for an n x n ROI: O(K * n^2 * r) with r ~ n / theta -- O(N^1.5) in
 the pixel count N, against O(N^2) for the exact form and O(N) for the grid form
-(:mod:`kerasseg.layers.crf_filters`), which wins for large images.
+(:mod:`kerasseg.layers.crf.grid`), which wins for large images. The settings (eigenvalue cut,
+anchor count and spacing) are a :class:`~kerasseg.layers.crf.backend.LowRankOptions` held by each
+layer and saved in its config.
 """
 
 from __future__ import annotations
@@ -40,25 +42,12 @@ import numpy as np
 import tensorflow as tf
 
 from kerasseg.errors import KerassegError
-from kerasseg.layers.crf_common import static_bandwidth
+from kerasseg.layers.crf.backend import LowRankOptions, last_label_messages, static_bandwidth
+from kerasseg.layers.crf.mean_field import MeanFieldMixin
 
-__all__ = [
-    "axis_factor",
-    "range_features",
-    "prepare",
-    "messages",
-    "map_messages",
-    "ones_messages",
-    "OPTIONS",
-    "spatial_rank",
-]
+__all__ = ["LowRankBackend", "axis_factor", "range_features", "spatial_rank", "MAX_RANGE_SPACING"]
 
-#: Settings used by CRFRNN(mode="lowrank"); documented in docs/crf.md.
-OPTIONS = {
-    "spatial_rtol": 1e-3,  # eigenvalues of the 1-D Gaussian kept above rtol * the largest
-    "range_anchors": 16,  # K: anchors of the Nystroem intensity factorisation
-    "range_spacing": 0.8,  # anchors at least this many bandwidths apart (2.5e-3 kernel error)
-}
+_DEFAULTS = LowRankOptions()
 
 
 @functools.lru_cache(maxsize=64)
@@ -76,17 +65,34 @@ def _axis_factor_cached(n: int, theta: float, rtol: float):
 def axis_factor(n: int, theta: float, rtol: float | None = None):
     """``(F, full)``: the 1-D Gaussian (n, n) matrix ``G`` (``full=True``) or ``U`` (n, r), ``G ~= U U^T``.
 
-    ``rtol`` (default ``OPTIONS["spatial_rtol"]``): eigenvalues kept above ``rtol`` times the largest.
+    Args:
+        n: pixels along the axis.
+        theta: the Gaussian's bandwidth in pixels.
+        rtol: eigenvalues kept above ``rtol`` times the largest (default
+            ``LowRankOptions().spatial_rtol``).
+
+    Returns:
+        ``(F, full)``, F float32.
+
+    Example:
+        >>> f, full = axis_factor(40, 5.0)
+        >>> f.shape, full
+        ((40, 11), False)
     """
     theta = float(theta)
     if not math.isfinite(theta) or theta <= 0:
         raise KerassegError(f"CRF spatial bandwidth must be a positive number, got {theta!r}")
-    rtol = float(OPTIONS["spatial_rtol"] if rtol is None else rtol)
+    rtol = float(_DEFAULTS.spatial_rtol if rtol is None else rtol)
     return _axis_factor_cached(int(n), theta, rtol)
 
 
 def spatial_rank(n: int, theta: float, rtol: float | None = None) -> int:
-    """Columns of the factor used along an axis of ``n`` pixels (``n`` when the full matrix is used)."""
+    """Columns of the factor used along an axis of ``n`` pixels (``n`` when the full matrix is used).
+
+    Example:
+        >>> spatial_rank(40, 5.0)
+        11
+    """
     f, _ = axis_factor(n, theta, rtol)
     return int(f.shape[1])
 
@@ -103,9 +109,20 @@ def range_features(image, theta, anchors=None, spacing=None):
     ``t = theta`` while that is at most ``MAX_RANGE_SPACING * theta`` (kernel error 2.5e-3 of its
     peak at 0.8 theta, 1.4e-2 at 1.0). An image with a still wider range gets a proportionally
     wider bandwidth ``t = range / (K - 1)``: a smoother kernel rather than a wrong one.
+
+    Args:
+        image: (B, H, W, 1) intensities.
+        theta: intensity bandwidth.
+        anchors: K (default ``LowRankOptions().range_anchors``).
+        spacing: minimum anchor spacing in bandwidths (default ``LowRankOptions().range_spacing``).
+
+    Example:
+        >>> phi, m = range_features(tf.zeros((1, 4, 4, 1)), 0.5)
+        >>> tuple(phi.shape), tuple(m.shape)
+        ((1, 16, 4, 4), (1, 16, 16))
     """
-    anchors = int(OPTIONS["range_anchors"] if anchors is None else anchors)
-    spacing = float(OPTIONS["range_spacing"] if spacing is None else spacing)
+    anchors = int(_DEFAULTS.range_anchors if anchors is None else anchors)
+    spacing = float(_DEFAULTS.range_spacing if spacing is None else spacing)
     if anchors < 2:
         raise KerassegError(f"CRF range anchors must be >= 2, got {anchors}")
     if not 0.7 <= spacing <= MAX_RANGE_SPACING:
@@ -144,9 +161,9 @@ def _apply_axis(x, f):
 class _Spatial:
     """Separable Gaussian filter of (..., H, W) maps (compress, then expand), with its diagonal."""
 
-    def __init__(self, h, w, theta, dtype):
-        fy, self.full_y = axis_factor(h, theta)
-        fx, self.full_x = axis_factor(w, theta)
+    def __init__(self, h, w, theta, dtype, rtol):
+        fy, self.full_y = axis_factor(h, theta, rtol)
+        fx, self.full_x = axis_factor(w, theta, rtol)
         self.fy, self.fx = tf.constant(fy, dtype), tf.constant(fx, dtype)
         self.fy_t, self.fx_t = tf.constant(fy.T, dtype), tf.constant(fx.T, dtype)
         dy = np.ones(h) if self.full_y else (fy.astype(np.float64) ** 2).sum(1)
@@ -210,58 +227,72 @@ def _static(name, value):
     return static_bandwidth(name, value, "lowrank")
 
 
-def prepare(image, *, kernels, bandwidths):
-    """CRFRNN backend hook: one plan per kernel plus its response to an all-ones map.
+class LowRankBackend(MeanFieldMixin):
+    """The low-rank form: a :class:`~kerasseg.layers.crf.backend.CRFBackend`.
 
-    image: (B, H, W, 1); bandwidths: dict of scalars ``spatial``, ``alpha``, ``beta``, ``intensity``.
+    Args:
+        options: a :class:`~kerasseg.layers.crf.backend.LowRankOptions`, a mapping of its fields,
+            or None (the defaults).
+
+    Example:
+        >>> backend = LowRankBackend({"range_anchors": 24})
+        >>> state = backend.prepare(image, kernels=("spatial", "bilateral"), bandwidths=bw)  # doctest: +SKIP
+        >>> q = backend.mean_field(unary, weights, compat, state, 10)  # doctest: +SKIP
     """
-    image = tf.convert_to_tensor(image)
-    grey = image.shape.rank == 4 and image.shape[-1] == 1
-    if image.shape.rank != 4 or image.shape[1] is None or image.shape[2] is None or (
-        not grey and any(k != "spatial" for k in kernels)
-    ):
-        raise KerassegError(f"CRFRNN lowrank mode needs a one-channel image (B, H, W, 1), got {image.shape}")
-    h, w = int(image.shape[1]), int(image.shape[2])
-    dtype = image.dtype
-    plans = []
-    for k in kernels:
-        if k == "spatial":
-            sp = _Spatial(h, w, _static("theta_spatial", bandwidths["spatial"]), dtype)
-            plans.append(_Plan("spatial", spatial=sp))
-        elif k == "bilateral":
-            phi, mix = range_features(image, _static("theta_beta", bandwidths["beta"]))
-            sp = _Spatial(h, w, _static("theta_alpha", bandwidths["alpha"]), dtype)
-            plans.append(_Plan("bilateral", spatial=sp, phi=phi, mix=mix))
-        elif k == "intensity":
-            phi, mix = range_features(image, _static("theta_intensity", bandwidths["intensity"]))
-            plans.append(_Plan("intensity", phi=phi, mix=mix))
-        else:
-            raise KerassegError(f"unknown CRF kernel {k!r}")
-    ones = tf.ones_like(image[..., 0])  # (B, H, W)
-    return tuple((plan, plan.map(ones)) for plan in plans)
 
+    name = "lowrank"
 
-def messages(q, state):
-    """CRFRNN backend hook: per-kernel messages (B, H, W, C) for label map ``q``, in kernel order.
+    def __init__(self, options=None):
+        self.options = LowRankOptions.coerce(options)
 
-    As in :func:`kerasseg.layers.crf_filters.messages`, the last label's message is the filtered
-    all-ones map minus the others' (exact whenever q sums to 1 over the labels, as softmax does),
-    so two-class CRFs filter one channel.
-    """
-    q = tf.convert_to_tensor(q)
-    c = q.shape[-1]
-    out = []
-    for plan, ones in state:
-        head = [plan.map(tf.cast(q[..., i], ones.dtype)) for i in range(c - 1)]
-        out.append(tf.cast(tf.stack(head + [ones - tf.add_n(head)], axis=-1), q.dtype))
-    return out
+    def prepare(self, image, *, kernels, bandwidths):
+        """One plan per kernel plus its response to an all-ones map.
 
+        image: (B, H, W, 1); bandwidths: mapping of scalars ``spatial``, ``alpha``, ``beta``, ``intensity``.
+        """
+        image = tf.convert_to_tensor(image)
+        grey = image.shape.rank == 4 and image.shape[-1] == 1
+        if image.shape.rank != 4 or image.shape[1] is None or image.shape[2] is None or (
+            not grey and any(k != "spatial" for k in kernels)
+        ):
+            raise KerassegError(f"CRFRNN lowrank mode needs a one-channel image (B, H, W, 1), got {image.shape}")
+        h, w = int(image.shape[1]), int(image.shape[2])
+        dtype = image.dtype
+        o = self.options
+        plans = []
+        for k in kernels:
+            if k == "spatial":
+                sp = _Spatial(h, w, _static("theta_spatial", bandwidths["spatial"]), dtype, o.spatial_rtol)
+                plans.append(_Plan("spatial", spatial=sp))
+            elif k in ("bilateral", "intensity"):
+                theta = bandwidths["beta" if k == "bilateral" else "intensity"]
+                phi, mix = range_features(image, _static(f"theta_{'beta' if k == 'bilateral' else k}", theta),
+                                          anchors=o.range_anchors, spacing=o.range_spacing)
+                sp = None
+                if k == "bilateral":
+                    sp = _Spatial(h, w, _static("theta_alpha", bandwidths["alpha"]), dtype, o.spatial_rtol)
+                plans.append(_Plan(k, spatial=sp, phi=phi, mix=mix))
+            else:
+                raise KerassegError(f"CRFRNN: unknown CRF kernel {k!r}")
+        ones = tf.ones_like(image[..., 0])  # (B, H, W)
+        return tuple((plan, plan.map(ones)) for plan in plans)
 
-def map_messages(x, state):
-    """Per-kernel messages of one map ``x`` (B, H, W), self term excluded (two-class fast path)."""
-    return [plan.map(x) for plan, _ in state]
+    def messages(self, q, state):
+        """Per-kernel messages (B, H, W, C), the last label's from the all-ones response
+        (:func:`~kerasseg.layers.crf.backend.last_label_messages`)."""
+        q = tf.convert_to_tensor(q)
+        out = []
+        for plan, ones in state:
+            def head(x, plan=plan):
+                return tf.stack([plan.map(tf.cast(x[..., i], ones.dtype)) for i in range(x.shape[-1])], axis=-1)
 
+            out.append(tf.cast(last_label_messages(head, q, ones), q.dtype))
+        return out
 
-def ones_messages(state):
-    """Per-kernel messages of the all-ones map, (B, H, W) each, computed once by :func:`prepare`."""
-    return [ones for _, ones in state]
+    def map_messages(self, x, state):
+        """Per-kernel messages of one map ``x`` (B, H, W), self term excluded."""
+        return [plan.map(x) for plan, _ in state]
+
+    def ones_messages(self, state):
+        """Per-kernel messages of the all-ones map, (B, H, W) each, computed once by :meth:`prepare`."""
+        return [ones for _, ones in state]
