@@ -60,6 +60,11 @@ def test_run_all_tiny(tmp_path):
     assert {r["mode"] for r in crf_rows} == {"exact", "lowrank", "scalable"}
     assert all(np.isfinite(r["fwd_ms_per_image_it2"]) for r in crf_rows)
     assert len(overhead_rows) == 3 and all(np.isfinite(r["crf_overhead_pct"]) for r in overhead_rows)
+    serving = res["benchmarks"]["serving"]
+    ens = [r for r in serving["rows"] if r.get("members", 1) > 1]
+    assert len(ens) == 1 and ens[0]["members"] == 2 and ens[0]["tta"] == "flips"
+    assert np.isfinite(ens[0]["p50_vs_single"]) and ens[0]["p50_vs_single"] > 0
+    assert any("ensemble 2 x flips TTA" in t["target"] for t in serving["targets"])
     flops = res["benchmarks"]["flops"]["rows"][0]
     assert flops["fwd_mflops_per_roi"] > 1 and flops["matmul_peak_gflops"] > 0
 
