@@ -237,6 +237,16 @@ def test_backend_hooks_match_dense_reference(rng, name):
         assert np.abs(got - r[..., 0]).max() <= tol * np.abs(r).max()
 
 
+def test_modules_are_small():
+    from pathlib import Path
+
+    import kerasseg.layers.crf as package
+
+    sizes = {p.name: len(p.read_text().splitlines()) for p in Path(package.__file__).parent.glob("*.py")}
+    assert {"layer.py", "mean_field.py", "backend.py", "exact.py", "lowrank.py", "grid.py"} <= set(sizes)
+    assert max(sizes.values()) <= 450, sizes
+
+
 def test_public_import_paths():
     import kerasseg.layers
     from kerasseg.layers.crf import layer as layer_module

@@ -5,7 +5,8 @@
 - backend.py: :class:`CRFBackend` (the typed backend protocol), :class:`LowRankOptions`,
   :class:`GridOptions` (frozen settings saved in the layer config).
 - exact.py (``mode="exact"``), lowrank.py (``"lowrank"``), grid.py (``"grid"``; old names
-  ``"scalable"`` and ``"filters"``): the backends. ``"auto"`` picks lowrank or grid by size.
+  ``"scalable"`` and ``"filters"``; its splat-blur-slice plans in grid_plans.py): the backends.
+  ``"auto"`` picks lowrank or grid by size.
 """
 
 from kerasseg.layers.crf.backend import CRFBackend, GridOptions, LowRankOptions
