@@ -73,6 +73,23 @@ def build_model(arch: str, *, input_size: int = 40, crf: dict | None = None,
         A functional Keras model with input ``image`` (B, H, W, 1) and dict outputs
         ``{"net": probs}`` or ``{"net": probs, "crf": probs}``, probabilities (B, H, W, 2)
         with channel 1 = mass.
+
+    Input shape:
+        ``(batch, input_size, input_size, 1)`` normalised images.
+
+    Output shape:
+        dict of ``(batch, input_size, input_size, 2)`` class probabilities.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from kerasseg.models import build_model
+    >>> model = build_model("unet", input_size=40, filters=(4, 8), crf={"mode": "lowrank"})
+    >>> out = model(np.zeros((1, 40, 40, 1), "float32"))
+    >>> sorted(out), tuple(out["crf"].shape)
+    (['crf', 'net'], (1, 40, 40, 2))
+    >>> bool(np.allclose(np.asarray(out["net"]).sum(-1), 1.0, atol=1e-5))
+    True
     """
     if not isinstance(arch, str) or (arch not in ARCH_OPTIONS and arch not in ALIASES):
         raise KerassegError(f"unknown model {arch!r}; known: {', '.join(list_archs())}")
