@@ -127,10 +127,21 @@ def write_unit(folder, epoch: int, arrays: dict, meta: dict | None = None, *,
     fault_point("checkpoint.after_rename")
     for _, old in units:
         remove_tree(old)
-    for p in folder.iterdir():  # temporary folders of writes that were killed
-        if p.name.startswith(".unit-") and ".tmp-" in p.name:
-            remove_tree(p)
+    discard_torn(folder)
     return target
+
+
+def _is_temporary(p: Path) -> bool:
+    return p.name.startswith(".unit-") and ".tmp-" in p.name
+
+
+def discard_torn(folder) -> None:
+    """Remove the temporary folders of unit writes that were killed (never read anyway)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _is_temporary(p):
+                remove_tree(p)
 
 
 def _read_unit(generation: int, path: Path) -> CheckpointUnit:
@@ -159,8 +170,7 @@ def read_latest(folder) -> CheckpointUnit | None:
             return _read_unit(generation, path)
         except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
             warn(f"skipping a torn or damaged checkpoint ({exc})", path)
-    others = [p.name for p in folder.iterdir()
-              if not _UNIT.match(p.name) and not (p.name.startswith(".unit-") and ".tmp-" in p.name)]
+    others = [p.name for p in folder.iterdir() if not _UNIT.match(p.name) and not _is_temporary(p)]
     if others:
         warn(f"ignoring files that are not checkpoint units (torn or foreign): {', '.join(sorted(others))}",
              folder)

@@ -168,7 +168,8 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
                                 "train and val splits (best model chosen on val)", data)
 
     from kerasseg.fileio import fault_point, output_dir, staged_dir
-    from kerasseg.training.checkpoint import read_latest, remove_checkpoints, restore_model_arrays
+    from kerasseg.training.checkpoint import (discard_torn, read_latest, remove_checkpoints,
+                                              restore_model_arrays)
     from kerasseg.training.strategy import cluster_role
 
     replicas = strategy.num_replicas_in_sync
@@ -190,6 +191,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
         except (OSError, ValueError):
             recorded = {}
     unit = read_latest(backup)
+    discard_torn(backup)
     resuming = backup.is_dir()
     if recorded.get("status") == "finished" and not resuming:
         raise KerassegError("holds a finished run; choose another --out or delete it", out)
