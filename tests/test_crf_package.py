@@ -253,3 +253,18 @@ def test_public_import_paths():
 
     assert kerasseg.layers.CRFRNN is CRFRNN is layer_module.CRFRNN
     assert keras.saving.get_registered_object("kerasseg>CRFRNN") is CRFRNN
+
+
+@pytest.mark.parametrize("name", ["layer", "mean_field", "backend", "exact", "lowrank", "grid", "grid_plans"])
+def test_module_examples_run(name):
+    """Every Example: block of the package's public functions and classes runs as written."""
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"kerasseg.layers.crf.{name}")
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(module, globs={}):
+        if test.examples and test.name.startswith(module.__name__):
+            runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted > 0 and result.failed == 0, result

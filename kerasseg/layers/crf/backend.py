@@ -124,6 +124,7 @@ class LowRankOptions(_Options):
             (kernel error 2.5e-3 of its peak at 0.8, 1.4e-2 at 1.0).
 
     Example:
+        >>> from kerasseg.layers.crf.backend import LowRankOptions
         >>> LowRankOptions(range_anchors=24).to_dict()["range_anchors"]
         24
     """
@@ -156,6 +157,7 @@ class GridOptions(_Options):
         intensity_bins: bins of the all-pairs intensity histogram (>= 4).
 
     Example:
+        >>> from kerasseg.layers.crf.backend import GridOptions
         >>> GridOptions(intensity_bins=64).intensity_bins
         64
     """

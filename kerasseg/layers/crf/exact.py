@@ -66,9 +66,15 @@ class ExactBackend:
         options: unused (the exact form has no settings); accepted so every backend is built alike.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.exact import ExactBackend
         >>> backend = ExactBackend()
-        >>> state = backend.prepare(image, kernels=("spatial",), bandwidths=bw)  # doctest: +SKIP
-        >>> q = backend.mean_field(unary, weights, compat, state, 10)  # doctest: +SKIP
+        >>> bw = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
+        >>> state = backend.prepare(tf.zeros((1, 40, 40, 1)), kernels=("spatial", "bilateral"), bandwidths=bw)
+        >>> unary, weights, compat = tf.zeros((1, 40, 40, 2)), tf.constant([0.1, 0.05]), 1.0 - tf.eye(2)
+        >>> q = backend.mean_field(unary, weights, compat, state, 10)
+        >>> tuple(q.shape)
+        (1, 40, 40, 2)
     """
 
     name = "exact"
@@ -148,8 +154,15 @@ def dense_mean_field(unary, weights, compat, mats, iterations):
         (B, H, W, C) marginals; the gradient with respect to every argument is hand-written.
 
     Example:
-        >>> q = dense_mean_field(unary, w, mu, ExactBackend().prepare(image, kernels=k,
-        ...                      bandwidths=bw).mats, 5)  # doctest: +SKIP
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.exact import ExactBackend, dense_mean_field
+        >>> backend = ExactBackend()
+        >>> bw = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
+        >>> state = backend.prepare(tf.zeros((1, 40, 40, 1)), kernels=("spatial", "bilateral"), bandwidths=bw)
+        >>> unary, weights, compat = tf.zeros((1, 40, 40, 2)), tf.constant([0.1, 0.05]), 1.0 - tf.eye(2)
+        >>> q = dense_mean_field(unary, weights, compat, state.mats, 5)
+        >>> tuple(q.shape)
+        (1, 40, 40, 2)
     """
     shape = tf.shape(unary)
     p, c = unary.shape[1] * unary.shape[2], unary.shape[3]

@@ -77,6 +77,7 @@ def spatial_kernel_radius(theta, size, truncate=DEFAULT_TRUNCATE):
         ``min(ceil(truncate * theta), size - 1)``: the whole axis when that is shorter (exact).
 
     Example:
+        >>> from kerasseg.layers.crf.grid import spatial_kernel_radius
         >>> spatial_kernel_radius(3.0, 512), spatial_kernel_radius(3.0, 10)
         (16, 9)
     """
@@ -102,6 +103,8 @@ def spatial_message(q, theta, truncate=DEFAULT_TRUNCATE):
         (batch, H, W, C), the dtype of ``q``.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.grid import spatial_message
         >>> m = spatial_message(tf.ones((1, 40, 40, 2)), 3.0)
         >>> tuple(m.shape)
         (1, 40, 40, 2)
@@ -126,6 +129,7 @@ def intensity_bins(bins=128):
         bins: the requested bin count.
 
     Example:
+        >>> from kerasseg.layers.crf.grid import intensity_bins
         >>> intensity_bins(128)
         128
     """
@@ -153,6 +157,8 @@ def intensity_message(q, image, theta, *, oversample=4.0, bins=128):
         (batch, H, W, C), the dtype of ``q``.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.grid import intensity_message
         >>> m = intensity_message(tf.ones((1, 40, 40, 2)), tf.zeros((1, 40, 40, 1)), 1.0)
         >>> tuple(m.shape)
         (1, 40, 40, 2)
@@ -186,6 +192,8 @@ def bilateral_message(q, image, theta_alpha, theta_beta, *, spatial_oversample=2
         (batch, H, W, C), the dtype of ``q``.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.grid import bilateral_message
         >>> m = bilateral_message(tf.ones((1, 40, 40, 2)), tf.zeros((1, 40, 40, 1)), 5.0, 0.5)
         >>> tuple(m.shape)
         (1, 40, 40, 2)
@@ -212,9 +220,15 @@ class GridBackend(MeanFieldMixin):
             None (the defaults).
 
     Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.grid import GridBackend
         >>> backend = GridBackend({"intensity_bins": 64})
-        >>> state = backend.prepare(image, kernels=("spatial", "bilateral"), bandwidths=bw)  # doctest: +SKIP
-        >>> q = backend.mean_field(unary, weights, compat, state, 10)  # doctest: +SKIP
+        >>> bw = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
+        >>> state = backend.prepare(tf.zeros((1, 40, 40, 1)), kernels=("spatial", "bilateral"), bandwidths=bw)
+        >>> unary, weights, compat = tf.zeros((1, 40, 40, 2)), tf.constant([0.1, 0.05]), 1.0 - tf.eye(2)
+        >>> q = backend.mean_field(unary, weights, compat, state, 10)
+        >>> tuple(q.shape)
+        (1, 40, 40, 2)
     """
 
     name = "grid"

@@ -166,6 +166,8 @@ def intensity_plan(image, theta, *, oversample=4.0, bins=128):
         A callable mapping (B, H, W, C) maps to their (B, H, W, C) messages, self term excluded.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.grid_plans import intensity_plan
         >>> plan = intensity_plan(tf.zeros((1, 40, 40, 1)), 1.0)
         >>> tuple(plan(tf.ones((1, 40, 40, 2))).shape)
         (1, 40, 40, 2)
@@ -209,6 +211,7 @@ def bilateral_grid_shape(height, width, theta_alpha, *, spatial_oversample=2.0, 
         range_bins: intensity bins (Gz).
 
     Example:
+        >>> from kerasseg.layers.crf.grid_plans import bilateral_grid_shape
         >>> bilateral_grid_shape(40, 40, 5.0)
         (15, 15, 32)
     """
@@ -232,6 +235,8 @@ def bilateral_plan(image, theta_alpha, theta_beta, *, spatial_oversample=2.0, ra
         A callable mapping (B, H, W, C) maps to their (B, H, W, C) messages, self term excluded.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.grid_plans import bilateral_plan
         >>> plan = bilateral_plan(tf.zeros((1, 40, 40, 1)), 5.0, 0.5)
         >>> tuple(plan(tf.ones((1, 40, 40, 2))).shape)
         (1, 40, 40, 2)

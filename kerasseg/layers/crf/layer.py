@@ -40,6 +40,7 @@ def resolve_mode(mode) -> str:
         KerassegError: for anything else than :data:`MODES` and :data:`ALIASES`.
 
     Example:
+        >>> from kerasseg.layers.crf.layer import resolve_mode
         >>> resolve_mode("scalable")
         'grid'
     """
@@ -72,6 +73,11 @@ class CRFRNN(keras.layers.Layer):
     sum_k w_k m_k(Q))`` with one trainable weight ``w_k`` per kernel and a trainable C x C
     compatibility ``mu`` (Potts initialisation). The messages ``m_k`` are computed by one of three
     forms of the same mean field (the backends, :mod:`kerasseg.layers.crf.backend`).
+
+    Defaults suit normalised (zero-mean, unit-std) intensities and 40x40 ROIs: the
+    kernel row sums are about 55 (spatial, theta 3 px), 10-150 (bilateral) and up
+    to ~900 (intensity, all 1600 pixels), so the small default weights give each
+    kernel a pairwise term of a few logits, comparable to a confident unary.
 
     Args:
         iterations_train: mean-field iterations when called with ``training=True`` (Zhu: 5).
@@ -107,17 +113,16 @@ class CRFRNN(keras.layers.Layer):
         ``(batch, H, W, C)`` per-pixel class probabilities.
 
     Example:
+        >>> import keras
+        >>> from kerasseg.layers import CRFRNN
         >>> x = keras.Input((40, 40, 1))
         >>> logits = keras.layers.Conv2D(2, 3, padding="same")(x)
         >>> probs = CRFRNN(kernels=("spatial", "bilateral"),
         ...                lowrank_options={"range_anchors": 24})([logits, x])
         >>> tuple(probs.shape)
         (None, 40, 40, 2)
-
-    Defaults suit normalised (zero-mean, unit-std) intensities and 40x40 ROIs: the
-    kernel row sums are about 55 (spatial, theta 3 px), 10-150 (bilateral) and up
-    to ~900 (intensity, all 1600 pixels), so the small default weights give each
-    kernel a pairwise term of a few logits, comparable to a confident unary.
+        >>> CRFRNN(mode="scalable").mode  # an old name of the grid form
+        'grid'
     """
 
     def __init__(

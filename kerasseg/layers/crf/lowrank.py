@@ -75,6 +75,7 @@ def axis_factor(n: int, theta: float, rtol: float | None = None):
         ``(F, full)``, F float32.
 
     Example:
+        >>> from kerasseg.layers.crf.lowrank import axis_factor
         >>> f, full = axis_factor(40, 5.0)
         >>> f.shape, full
         ((40, 11), False)
@@ -90,6 +91,7 @@ def spatial_rank(n: int, theta: float, rtol: float | None = None) -> int:
     """Columns of the factor used along an axis of ``n`` pixels (``n`` when the full matrix is used).
 
     Example:
+        >>> from kerasseg.layers.crf.lowrank import spatial_rank
         >>> spatial_rank(40, 5.0)
         11
     """
@@ -117,6 +119,8 @@ def range_features(image, theta, anchors=None, spacing=None):
         spacing: minimum anchor spacing in bandwidths (default ``LowRankOptions().range_spacing``).
 
     Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.lowrank import range_features
         >>> phi, m = range_features(tf.zeros((1, 4, 4, 1)), 0.5)
         >>> tuple(phi.shape), tuple(m.shape)
         ((1, 16, 4, 4), (1, 16, 16))
@@ -235,9 +239,15 @@ class LowRankBackend(MeanFieldMixin):
             or None (the defaults).
 
     Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.lowrank import LowRankBackend
         >>> backend = LowRankBackend({"range_anchors": 24})
-        >>> state = backend.prepare(image, kernels=("spatial", "bilateral"), bandwidths=bw)  # doctest: +SKIP
-        >>> q = backend.mean_field(unary, weights, compat, state, 10)  # doctest: +SKIP
+        >>> bw = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
+        >>> state = backend.prepare(tf.zeros((1, 40, 40, 1)), kernels=("spatial", "bilateral"), bandwidths=bw)
+        >>> unary, weights, compat = tf.zeros((1, 40, 40, 2)), tf.constant([0.1, 0.05]), 1.0 - tf.eye(2)
+        >>> q = backend.mean_field(unary, weights, compat, state, 10)
+        >>> tuple(q.shape)
+        (1, 40, 40, 2)
     """
 
     name = "lowrank"

@@ -35,8 +35,16 @@ def softmax_mean_field(backend, unary, weights, compat, state, iterations):
         (B, H, W, C) marginals.
 
     Example:
-        >>> q = softmax_mean_field(backend, unary, w, mu, backend.prepare(image, kernels=k,
-        ...                        bandwidths=bw), 5)  # doctest: +SKIP
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.lowrank import LowRankBackend
+        >>> from kerasseg.layers.crf.mean_field import softmax_mean_field
+        >>> backend = LowRankBackend()
+        >>> bw = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
+        >>> state = backend.prepare(tf.zeros((1, 40, 40, 1)), kernels=("spatial", "bilateral"), bandwidths=bw)
+        >>> unary, weights, compat = tf.zeros((1, 40, 40, 2)), tf.constant([0.1, 0.05]), 1.0 - tf.eye(2)
+        >>> q = softmax_mean_field(backend, unary, weights, compat, state, 5)
+        >>> tuple(q.shape)
+        (1, 40, 40, 2)
     """
     q = tf.nn.softmax(unary, axis=-1)
     for _ in range(iterations):
@@ -64,7 +72,16 @@ def binary_mean_field(backend, unary, weights, compat, state, iterations):
     Args and Returns: as :func:`softmax_mean_field`, with ``unary`` (B, H, W, 2).
 
     Example:
-        >>> q = binary_mean_field(backend, unary, w, mu, state, 10)  # doctest: +SKIP
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.lowrank import LowRankBackend
+        >>> from kerasseg.layers.crf.mean_field import binary_mean_field
+        >>> backend = LowRankBackend()
+        >>> bw = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
+        >>> state = backend.prepare(tf.zeros((1, 40, 40, 1)), kernels=("spatial", "bilateral"), bandwidths=bw)
+        >>> unary, weights, compat = tf.zeros((1, 40, 40, 2)), tf.constant([0.1, 0.05]), 1.0 - tf.eye(2)
+        >>> q = binary_mean_field(backend, unary, weights, compat, state, 5)
+        >>> tuple(q.shape)
+        (1, 40, 40, 2)
     """
     z = unary[..., 1] - unary[..., 0]
     if iterations:
@@ -80,7 +97,22 @@ def binary_mean_field(backend, unary, weights, compat, state, iterations):
 
 
 def mean_field(backend, unary, weights, compat, state, iterations):
-    """:func:`binary_mean_field` for two labels, :func:`softmax_mean_field` otherwise."""
+    """:func:`binary_mean_field` for two labels, :func:`softmax_mean_field` otherwise.
+
+    Args and Returns: as :func:`softmax_mean_field`.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> from kerasseg.layers.crf.lowrank import LowRankBackend
+        >>> from kerasseg.layers.crf.mean_field import mean_field
+        >>> backend = LowRankBackend()
+        >>> bw = {"spatial": 3.0, "alpha": 5.0, "beta": 0.5, "intensity": 1.0}
+        >>> state = backend.prepare(tf.zeros((1, 40, 40, 1)), kernels=("spatial", "bilateral"), bandwidths=bw)
+        >>> unary, weights, compat = tf.zeros((1, 40, 40, 2)), tf.constant([0.1, 0.05]), 1.0 - tf.eye(2)
+        >>> q = mean_field(backend, unary, weights, compat, state, 5)
+        >>> tuple(q.shape)
+        (1, 40, 40, 2)
+    """
     if unary.shape[-1] == 2:
         return binary_mean_field(backend, unary, weights, compat, state, iterations)
     return softmax_mean_field(backend, unary, weights, compat, state, iterations)
