@@ -208,3 +208,18 @@ def test_predict_ensemble_batches(members):
         predict_ensemble(fn, x[0])
     empty = predict_ensemble(fn, np.zeros((0, 40, 40), np.float32))
     assert empty["mask"].shape == (0, 40, 40)
+
+
+def test_docs_example_runs(capsys):
+    """The Python example of docs/serving.md (the block starting '# example: ensemble') runs as is."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    example = [b for b in blocks if b.startswith("# example: ensemble")]
+    assert len(example) == 1
+    namespace = {}
+    exec(compile(example[0], "docs/serving.md", "exec"), namespace)  # noqa: S102 - our own docs
+    out = namespace["out"]
+    assert out["probability"].shape == (10, 40, 40) and out["mask"].dtype == np.uint8
+    assert "(10, 40, 40) uint8" in capsys.readouterr().out
