@@ -86,3 +86,18 @@ def test_training_step_moves_only_kernels_by_the_l2_gradient(rng):
             np.testing.assert_allclose(a - b, lr * 2 * scale * start[path], rtol=1e-3, atol=1e-7)
         else:
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_logged_loss_is_clean_plus_adv_plus_l2_at_step_start(rng, adversarial):
+    x = rng.normal(size=(4, 40, 40, 1)).astype("float32")
+    m = (rng.random((4, 40, 40)) > 0.7).astype("float32")
+    y = np.stack([1 - m, m], -1)
+    net = build_model("fcn", input_size=40, prior=_prior())
+    kernels = [layer.kernel.numpy().astype(np.float64) for layer in net.layers if isinstance(layer, KERNEL_LAYERS)]
+    want = 0.5 * 2.0 * sum((k ** 2).sum() for k in kernels) / 1600
+    model = SegmentationModel(net, l2=2.0, adversarial=adversarial, epsilon=0.1)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    logs = model.train_on_batch(x, y, return_dict=True)
+    got = logs["loss"] - logs["clean_loss"] - logs.get("adv_loss", 0.0)
+    assert got == pytest.approx(want, rel=1e-3)

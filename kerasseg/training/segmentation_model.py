@@ -203,12 +203,14 @@ class SegmentationModel(keras.Model):
             per_adv, adv = self._data_loss(y, self(x + r, training=True))
         grads2 = tape2.gradient(adv, weights)
         grads = [a if b is None else (b if a is None else a + b) for a, b in zip(grads, grads2)]
-        self.optimizer.apply_gradients([(g, w) for g, w in zip(grads, weights) if g is not None])
-        n = tf.cast(tf.shape(per_adv)[0], tf.float32)
-        adv_mean = tf.reduce_mean(per_adv)
-        self.adv_tracker.update_state(adv_mean, sample_weight=n)
+        # the logged total: all three terms at the weights this step starts from
         clean = tf.reduce_mean(losses.per_example_loss(y_pred, tf.cast(y, tf.float32), self.lam))
-        self.loss_tracker.update_state(clean + self.regularization_loss() + adv_mean, sample_weight=n)
+        total = clean + self.regularization_loss() + tf.reduce_mean(per_adv)
+        with tf.control_dependencies([total]):
+            self.optimizer.apply_gradients([(g, w) for g, w in zip(grads, weights) if g is not None])
+        n = tf.cast(tf.shape(per_adv)[0], tf.float32)
+        self.adv_tracker.update_state(tf.reduce_mean(per_adv), sample_weight=n)
+        self.loss_tracker.update_state(total, sample_weight=n)
         return self.compute_metrics(x, y, y_pred)
 
     def test_step(self, data):
