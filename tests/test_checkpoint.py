@@ -212,3 +212,25 @@ def test_more_devices_than_cores_is_refused():
     n = available_cpus() + 1
     with pytest.raises(KerassegError, match=f"--devices {n}: no GPU and only"):
         get_strategy(n)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch_size", [1, 4, 8])
+def test_eval_batch_size_splits_evenly_with_no_empty_share(replicas, batch_size):
+    from kerasseg.training.strategy import eval_batch_size
+
+    for n in range(replicas, 60):
+        sizes_ok = []
+        for b in range(1, max(n, batch_size) + replicas + 1):   # brute force over batch sizes
+            sizes = [min(b, n - i) for i in range(0, n, b)]
+            sizes_ok.append(b if (b % replicas == 0 or replicas == 1)
+                            and all(s >= replicas for s in sizes) else None)
+        possible = [b for b in sizes_ok if b]
+        if not possible:
+            with pytest.raises(KerassegError, match="validation ROIs"):
+                eval_batch_size(n, batch_size, replicas)
+            continue
+        b = eval_batch_size(n, batch_size, replicas)
+        assert b in possible, (n, b)
+        if batch_size in possible:
+            assert b == batch_size

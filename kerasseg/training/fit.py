@@ -170,7 +170,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     from kerasseg.fileio import fault_point, output_dir, staged_dir
     from kerasseg.training.checkpoint import (discard_torn, read_latest, remove_checkpoints,
                                               restore_model_arrays)
-    from kerasseg.training.strategy import cluster_role
+    from kerasseg.training.strategy import cluster_role, eval_batch_size
 
     replicas = strategy.num_replicas_in_sync
     if replicas > counts["val"]:
@@ -226,10 +226,18 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
         warn(f"batch_size {bs} is not a multiple of the {replicas} replicas; using {new}")
         bs = new
     start = unit.epoch if unit else 0
-    train_ds = make_tf_dataset(x_tr, train.masks, bs, training=True, seed=seed,
-                               flips=cfg["data"]["flips"], epoch=start, repeat=True)
-    steps = epoch_steps(len(x_tr), bs, flips=cfg["data"]["flips"])
-    val_ds = make_tf_dataset(x_val, val.masks, bs, training=False)
+    flips = cfg["data"]["flips"]
+    n_examples = len(x_tr) * (4 if flips else 1)
+    drop = 0 < n_examples % bs < replicas  # a last batch that leaves a replica empty
+    if drop:
+        warn(f"the last training batch of each epoch ({n_examples % bs} examples) is smaller than "
+             f"the {replicas} replicas; it is dropped")
+    train_ds = make_tf_dataset(x_tr, train.masks, bs, training=True, seed=seed, flips=flips,
+                               epoch=start, repeat=True, drop_remainder=drop)
+    steps = epoch_steps(len(x_tr), bs, flips=flips, drop_remainder=drop)
+    # every validation batch splits across the replicas with none empty (sums, no padding)
+    val_ds = make_tf_dataset(x_val, val.masks, eval_batch_size(len(x_val), bs, replicas),
+                             training=False)
 
     with strategy.scope():
         model = build_training_model(cfg, ds.size, prior)

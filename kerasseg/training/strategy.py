@@ -112,3 +112,32 @@ def cpu_mirrored_strategy(names):
     return tf.distribute.MirroredStrategy(
         list(names), cross_device_ops=tf.distribute.ReductionToOneDevice()
     )
+
+
+def eval_batch_size(n: int, batch_size: int, replicas: int) -> int:
+    """A batch size for evaluating ``n`` examples on ``replicas`` replicas under tf.distribute.
+
+    Every batch but the last is split evenly (the size is a multiple of ``replicas``: Keras
+    builds the model from the first batch reduced over the replicas, which needs equal shares),
+    and the last batch gives every replica at least one example (an empty share crashes some
+    CPU kernels, e.g. oneDNN convolutions). Metrics are sums over the replicas, so no example
+    is padded or counted twice. ``batch_size`` when it qualifies, else the nearest qualifying
+    multiple of ``replicas`` below it (then above it); a one-line error when none exists.
+    """
+    n, batch_size, replicas = int(n), int(batch_size), int(replicas)
+    if replicas <= 1:
+        return batch_size
+
+    def ok(b):
+        return b % replicas == 0 and (n % b == 0 or n % b >= replicas)
+
+    top = max(batch_size, replicas)
+    candidates = list(range(top - top % replicas, replicas - 1, -replicas))
+    candidates += list(range(top - top % replicas + replicas, n + replicas, replicas))
+    for b in candidates:
+        if ok(b):
+            return b
+    usable = [d for d in range(replicas - 1, 0, -1) if d <= n]
+    raise KerassegError(f"--devices {replicas}: the {n} validation ROIs cannot be split over "
+                        f"{replicas} replicas without an empty share; use --devices {usable[0]}"
+                        if usable else f"--devices {replicas}: too few validation ROIs ({n})")
