@@ -34,7 +34,7 @@ def tiny_npz(tmp_path_factory):
 def small_cfg(tmp_path, base="crunet-unet", model=None, data=None, **train):
     """A fast variant of a shipped config (small filters, batch 8)."""
     t = {"batch_size": 8, **train}
-    m = {"filters": [4, 8], **(model or {})}
+    m = {**({"filters": [4, 8]} if base.startswith("crunet") else {}), **(model or {})}
     text = (f"extends: {base}\nname: tiny\nmodel: {json.dumps(m)}\n"
             f"train: {json.dumps(t)}\n")
     if data:
