@@ -47,11 +47,16 @@ def compare_cmd(report_a, report_b, out, seed, n_boot, no_figures):
 @click.option("--quick", is_flag=True, help="Smoke run: a few ROIs, 1 epoch unless --epochs is given.")
 @click.option("--out", "out", default=None, type=click.Path(path_type=str),
               help="Output folder (default: reproduce-<TABLE>); rows already done there are skipped.")
-def reproduce_cmd(table, data, seeds, epochs, quick, out):
-    """Train and evaluate every row of TABLE for each seed; write table.md / table.csv."""
+@click.option("--folds", default=None, type=click.IntRange(min=2), metavar="K",
+              help="K-fold grouped cross-validation per row (out-of-fold Dice ± std over folds, fold "
+                   "ensemble on test) instead of seeds.")
+def reproduce_cmd(table, data, seeds, epochs, quick, out, folds):
+    """Train and evaluate every row of TABLE for each seed (or as K folds); write table.md / table.csv
+    with the model-free baselines and paired tests against the prior."""
     from kerasseg.evaluation.reproduce import reproduce_table
 
-    reproduce_table(table, data, seeds=seeds, epochs=epochs, quick=quick, out_dir=out, verbose=True)
+    reproduce_table(table, data, seeds=seeds, epochs=epochs, quick=quick, out_dir=out, verbose=True,
+                    folds=folds)
 
 
 COMMANDS = [evaluate_cmd, compare_cmd, reproduce_cmd]

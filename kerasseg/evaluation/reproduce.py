@@ -8,6 +8,14 @@ Layout of the output folder::
     OUT/runs/<config>/seed<k>/eval-test/  its evaluation report (metrics.json marks the cell as done)
     OUT/table.md, OUT/table.csv, OUT/table.json, OUT/trimap.png (trimap accuracy of every row)
 
+With ``folds=K`` every row is instead trained as a grouped K-fold cross-validation on the train
+and val ROIs (``OUT/runs/<config>/cv<K>/``, :mod:`kerasseg.training.folds`): the table shows its
+out-of-fold Dice (mean ± std over the K folds) and the fold ensemble's test Dice.
+
+Every table ends with the model-free baselines on the same test ROIs: the mean mask of the train and
+val ROIs thresholded at 0.5 (a pure position prior) and per-ROI Otsu thresholding; every model row
+gets a paired Wilcoxon test and bootstrap CI against the prior.
+
 Rows whose report already exists are skipped (resume). Each row is compared with the table's
 baseline (its first row) on the test images: Wilcoxon signed-rank and a paired bootstrap CI on the
 per-image Dice averaged over seeds, and McNemar's exact test on the pixel-wise discordant counts
@@ -76,6 +84,46 @@ def _fit(config, data, out_dir, epochs, seed):
     return fit(config, data, out_dir, epochs=epochs, seed=seed)
 
 
+def _fit_folds(config, data, out_dir, epochs, folds):
+    from kerasseg.training.folds import fit_folds
+
+    return fit_folds(config, data, out_dir, folds=folds, epochs=epochs, seed=0, verbose=0)
+
+
+def _cv_finished(folds_dir) -> bool:
+    try:
+        return json.loads((folds_dir / "cv.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _report_dirs(out: Path, row: str, seeds: int, folds) -> list:
+    """The evaluation report folder(s) of a row: one per seed, or the fold ensemble's."""
+    if folds:
+        return [out / "runs" / row / f"cv{int(folds)}" / "eval-test"]
+    return [out / "runs" / row / f"seed{s}" / "eval-test" for s in range(seeds)]
+
+
+def baselines(ds) -> dict:
+    """The model-free baselines on the test ROIs of ``ds``: per-image Dice and predicted masks.
+
+    ``prior``: the mean mask of the train and val ROIs (everything a model may learn from)
+    thresholded at 0.5; ``otsu``: per-ROI Otsu thresholding.
+    """
+    from kerasseg.training.baselines import otsu_masks, prior_mask
+
+    test = ds.subset("test")
+    seen = ds.select(ds.split != "test")
+    preds = {"prior": np.broadcast_to(prior_mask(seen.masks), test.masks.shape).astype(np.uint8),
+             "otsu": otsu_masks(test.images).astype(np.uint8)}
+    return {k: {"pred": p, "mask": test.masks, "ids": test.ids,
+                "dice_img": np.array([M.dice(a, b) for a, b in zip(p, test.masks)])}
+            for k, p in preds.items()}
+
+
+BASELINE_ROWS = (("prior", "Mean training mask (model-free prior)"), ("otsu", "Otsu threshold (model-free)"))
+
+
 def _finished(run_dir) -> bool:
     """True when ``fit`` completed this run (model.keras and run.json with status "finished")."""
     try:
@@ -104,11 +152,12 @@ def _p(v):
 
 
 def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, quick=False,
-                    out_dir=None, verbose=True, progress=True) -> dict:
+                    out_dir=None, verbose=True, progress=True, folds=None) -> dict:
     """Train and evaluate every row of ``table`` for ``seeds`` seeds; write table.md/.csv/.json.
 
     ``quick``: a smoke run on a few ROIs (see :data:`QUICK_COUNTS`) with 1 epoch unless
-    ``epochs`` is given. Returns the table as a dict.
+    ``epochs`` is given. ``folds``: K-fold cross-validation per row instead of seeds (see the
+    module docstring). Returns the table as a dict.
     """
     from kerasseg.data.dataset import ROIDataset, load_data, save_npz
 
@@ -131,6 +180,10 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
         ds = quick_subset(ds)
         epochs = 1 if epochs is None else epochs
     ds.subset("test")  # clear error if there is no test split
+    if folds is not None and (isinstance(folds, bool) or int(folds) != folds or folds < 2):
+        raise KerassegError(f"--folds must be an integer >= 2, got {folds!r}")
+    if folds:
+        seeds = 1   # one fold ensemble per row; the spread is over folds
     state = out / "reproduce.json"
     if state.is_file():
         try:
@@ -141,26 +194,27 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
             raise KerassegError(
                 f"this folder holds a reproduction of {old.get('table')} on other data (hash "
                 f"{old.get('data_hash')}, now {ds.data_hash()}); use another --out", out)
-    write_json(state, {"table": table, "data_hash": ds.data_hash(), "quick": bool(quick)})
+    write_json(state, {"table": table, "data_hash": ds.data_hash(), "quick": bool(quick), "folds": folds})
     if isinstance(data, ROIDataset) or quick:
         data_file = out / ("quick-data.npz" if quick else "data.npz")
         if not data_file.is_file():
             save_npz(ds, data_file)
         data_spec = str(data_file)
 
-    cells = [(row, s) for row, *_ in spec["rows"] for s in range(seeds)]
+    cells = [(row, s, rep) for row, *_ in spec["rows"] for s, rep in enumerate(_report_dirs(out, row, seeds, folds))]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(cells), desc=f"reproduce {table}", unit="run")
-    for row, s in cells:
-        run_dir = out / "runs" / row / f"seed{s}"
-        rep = run_dir / "eval-test"
+        bar = tqdm(total=len(cells), desc=f"reproduce {table}", unit="row" if folds else "run")
+    for row, s, rep in cells:
+        run_dir = rep.parent
         if bar is not None:
-            bar.set_postfix_str(f"{row} seed {s}")
+            bar.set_postfix_str(f"{row} {f'{folds} folds' if folds else f'seed {s}'}")
         if not (rep / "metrics.json").is_file():
-            if not _finished(run_dir):
+            if folds and not _cv_finished(run_dir):
+                _fit_folds(row, data_spec, run_dir, epochs, folds)
+            elif not folds and not _finished(run_dir):
                 _fit(row, data_spec, run_dir, epochs, s)
             _evaluate(run_dir, ds, rep, not quick)
         if bar is not None:
@@ -168,7 +222,7 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
     if bar is not None:
         bar.close()
 
-    result = tabulate(table, out, seeds)
+    result = tabulate(table, out, seeds, baselines=baselines(ds), folds=folds)
     result.update({"data": data_spec or "phantom", "data_hash": ds.data_hash(), "quick": bool(quick),
                    "epochs": epochs})
     write_tables(result, out)
@@ -177,16 +231,16 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
     return result
 
 
-def tabulate(table: str, out, seeds: int) -> dict:
-    """Collect the reports under ``out/runs`` into the table dict (with paired tests vs row 1)."""
+def tabulate(table: str, out, seeds: int, baselines=None, folds=None) -> dict:
+    """Collect the reports under ``out/runs`` into the table dict (with paired tests vs row 1 and,
+    given :func:`baselines`, vs the model-free prior, whose rows are appended)."""
     spec = TABLES[table]
     out = Path(out)
     rows = []
     preds = {}
     for row, label, inb, ddsm in spec["rows"]:
         per_seed, dice_img, pr = [], [], []
-        for s in range(seeds):
-            rep = out / "runs" / row / f"seed{s}" / "eval-test"
+        for s, rep in enumerate(_report_dirs(out, row, seeds, folds)):
             m = json.loads((rep / "metrics.json").read_text())
             p = load_predictions(rep)
             per_seed.append({"seed": s, "dice_mean": m["dice_mean"], "dice_pooled": m["dice_pooled"],
@@ -210,6 +264,12 @@ def tabulate(table: str, out, seeds: int) -> dict:
             "paper_ddsm": ddsm[0], "paper_ddsm_std": ddsm[1],
             "seeds": per_seed, "_dice_img": np.mean(np.array(dice_img), axis=0),
         })
+        if folds:
+            cv = json.loads((out / "runs" / row / f"cv{int(folds)}" / "cv.json").read_text())
+            oof = np.array([f["oof_dice"] for f in cv["per_fold"]]) * 100
+            rows[-1].update({"oof_dice_mean": float(oof.mean()), "oof_dice_std": float(oof.std(ddof=1)),
+                             "oof_dice_pooled_rois": 100 * cv["oof"]["dice_mean"],
+                             "postprocessing": cv["postprocessing"]})
     hashes = {r["data_hash"] for row in rows for r in row["seeds"]}
     if len(hashes) != 1:
         raise KerassegError(f"the runs under {out} were evaluated on different data ({sorted(hashes)})")
@@ -230,28 +290,54 @@ def tabulate(table: str, out, seeds: int) -> dict:
                 "wilcoxon": S.wilcoxon_dice(r["_dice_img"], base["_dice_img"]),
                 "bootstrap": S.bootstrap_ci(r["_dice_img"], base["_dice_img"], seed=0),
             }
+    if baselines is not None:
+        prior = baselines["prior"]
+        for r in rows:
+            if not np.array_equal(preds[r["config"]][0]["ids"], prior["ids"]):
+                raise KerassegError(f"{r['config']} was tested on other ROIs than the data's test split")
+            r["vs_prior"] = {"wilcoxon": S.wilcoxon_dice(r["_dice_img"], prior["dice_img"]),
+                             "bootstrap": S.bootstrap_ci(r["_dice_img"], prior["dice_img"], seed=0)}
+        for key, label in BASELINE_ROWS:
+            b = baselines[key]
+            dm = 100 * float(b["dice_img"].mean())
+            rows.append({"config": f"baseline-{key}", "row": label, "baseline": True,
+                         "trimap_accuracy": {str(w): v for w, v in M.trimap_accuracy(b["pred"], b["mask"]).items()},
+                         "dice_mean": dm, "dice_mean_std": 0.0,
+                         "dice_pooled": 100 * M.pooled_dice(b["pred"], b["mask"]), "dice_pooled_std": 0.0,
+                         "paper_inbreast": None, "paper_inbreast_std": None, "paper_ddsm": None,
+                         "paper_ddsm_std": None, "seeds": [], "vs_baseline": None, "vs_prior": None,
+                         "_dice_img": b["dice_img"]})
     for r in rows:
         r["n_test"] = int(r.pop("_dice_img").size)
     return {"table": table, "title": spec["title"], "paper_metric": spec["metric"], "n_seeds": seeds,
-            "rows": rows}
+            "folds": folds, "rows": rows}
 
 
 def write_tables(result: dict, out) -> None:
     """table.md, table.csv and table.json for a :func:`tabulate` result."""
     out = Path(out)
     n = result["n_seeds"]
-    spread = f" (± std over {n} seeds)" if n > 1 else " (1 seed)"
+    folds = result.get("folds")
+    spread = (" (fold ensemble)" if folds else f" (± std over {n} seeds)" if n > 1 else " (1 seed)")
     head = ["Method", "config", f"Dice % per-image mean{spread}", f"Dice % pooled{spread}",
-            "paper INbreast", "paper DDSM-BCRP", "Δ Dice vs baseline (pp)", "95% CI (pp)",
-            "Wilcoxon p", "McNemar p"]
+            "paper INbreast", "paper DDSM-BCRP", "Δ Dice vs row 1 (pp)", "95% CI (pp)",
+            "Wilcoxon p", "McNemar p", "Δ vs prior (pp)", "Wilcoxon p vs prior"]
+    if folds:
+        head.insert(2, f"out-of-fold Dice % (± std over {folds} folds)")
     md = [f"# {result['title']}", "",
           f"Ours: data `{result.get('data', '')}` (hash {result.get('data_hash', '')}), "
-          f"{n} seed(s){', QUICK smoke run' if result.get('quick') else ''}. "
+          + (f"{folds}-fold grouped cross-validation per row (out-of-fold Dice on the train+val ROIs; "
+             "the test columns are the fold ensemble's)" if folds else f"{n} seed(s)")
+          + f"{', QUICK smoke run' if result.get('quick') else ''}. "
           f"The paper's numbers are {'per-image mean' if result['paper_metric'] == 'dice_mean' else 'pooled'} "
-          "Dice. Paired tests are against the first row on the test ROIs.", "",
+          "Dice. Paired tests are against the first row and against the model-free prior (the mean "
+          "train+val mask) on the test ROIs; the last rows are the model-free baselines.", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     csv_rows = []
     for r in result["rows"]:
+        vp = r.get("vs_prior")
+        prior_cells = (["–", "–"] if not vp else
+                       [f"{100 * vp['bootstrap']['mean_diff']:+.2f}", _p(vp["wilcoxon"]["pvalue"])])
         vs = r["vs_baseline"]
         if vs is None:
             diff = ci = pw = pm = None
@@ -264,8 +350,10 @@ def write_tables(result: dict, out) -> None:
         cells = [r["row"], r["config"], _fmt(r["dice_mean"], None if one else r["dice_mean_std"]),
                  _fmt(r["dice_pooled"], None if one else r["dice_pooled_std"]),
                  _fmt(r["paper_inbreast"], r["paper_inbreast_std"]), _fmt(r["paper_ddsm"], r["paper_ddsm_std"]),
-                 "baseline" if diff is None else f"{diff:+.2f}",
-                 "–" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]", _p(pw), _p(pm)]
+                 ("–" if r.get("baseline") else "row 1") if diff is None else f"{diff:+.2f}",
+                 "–" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]", _p(pw), _p(pm)] + prior_cells
+        if folds:
+            cells.insert(2, "–" if r.get("baseline") else _fmt(r["oof_dice_mean"], r["oof_dice_std"]))
         md.append("| " + " | ".join(cells) + " |")
         csv_rows.append([r["row"], r["config"], f"{r['dice_mean']:.4f}", f"{r['dice_mean_std']:.4f}",
                          f"{r['dice_pooled']:.4f}", f"{r['dice_pooled_std']:.4f}",
@@ -274,14 +362,19 @@ def write_tables(result: dict, out) -> None:
                          "" if diff is None else f"{diff:.4f}",
                          "" if ci is None else f"{ci[0]:.4f}", "" if ci is None else f"{ci[1]:.4f}",
                          "" if pw is None else f"{pw:.6g}", "" if pm is None else f"{pm:.6g}",
-                         len(r["seeds"])])
-    from kerasseg.evaluation.report import _atomic
+                         len(r["seeds"]),
+                         "" if not vp else f"{100 * vp['bootstrap']['mean_diff']:.4f}",
+                         "" if not vp else f"{vp['wilcoxon']['pvalue']:.6g}",
+                         "" if r.get("oof_dice_mean") is None else f"{r['oof_dice_mean']:.4f}",
+                         "" if r.get("oof_dice_std") is None else f"{r['oof_dice_std']:.4f}"])
+    from kerasseg.fileio import atomic_write
 
-    _atomic(out / "table.md", lambda fh: fh.write("\n".join(md) + "\n"))
+    atomic_write(out / "table.md", lambda fh: fh.write("\n".join(md) + "\n"), "w")
     write_csv(out / "table.csv",
               ["method", "config", "dice_mean", "dice_mean_std", "dice_pooled", "dice_pooled_std",
                "paper_inbreast", "paper_inbreast_std", "paper_ddsm", "paper_ddsm_std",
-               "diff_vs_baseline", "ci_low", "ci_high", "wilcoxon_p", "mcnemar_p", "n_seeds"], csv_rows)
+               "diff_vs_baseline", "ci_low", "ci_high", "wilcoxon_p", "mcnemar_p", "n_seeds",
+               "diff_vs_prior", "wilcoxon_p_vs_prior", "oof_dice_mean", "oof_dice_std"], csv_rows)
     write_json(out / "table.json", result)
     from kerasseg.evaluation.plots import trimap_curves
 
