@@ -85,7 +85,7 @@ def prepare_cmd(source, src, out, size, margin, split, seed, test_fraction, val_
               help="Thumbnails in the grid.")
 def info_cmd(file, grid, n_thumbs):
     """Print counts per split and mask-area statistics of FILE.npz (or 'phantom')."""
-    from kerasseg.data.dataset import load_data
+    from kerasseg.data.sources import load_data
     from kerasseg.data.info import summarize, thumbnail_grid
 
     ds = load_data(file)

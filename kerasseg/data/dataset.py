@@ -212,11 +212,3 @@ def load_npz(path) -> ROIDataset:
         raise KerassegError(f"cannot read dataset file ({exc})", path) from None
     return ds
 
-
-def load_data(spec=None) -> ROIDataset:
-    """``None`` or ``"phantom"``: the built-in phantom; otherwise the path of a ``.npz`` dataset."""
-    if spec is None or str(spec) == "phantom":
-        from kerasseg.data.phantom import default_dataset
-
-        return default_dataset()
-    return load_npz(spec)

@@ -17,7 +17,8 @@ real data (tight bounding box of the mass, small random jitter, bicubic resize t
   noise is signal-dependent.
 
 Masses have areas of 20-800 mm^2 (INbreast: 15-3689 mm^2) at 0.07 mm pixels; ``spacing_mm`` is the
-ROI pixel size after the resize (area-preserving: ``0.07 * sqrt(w * h) / size``) and ``boxes``
+ROI pixel size after the resize (area-preserving: :func:`kerasseg.data.roi.roi_spacing`,
+``0.07 * sqrt(w * h) / size``) and ``boxes``
 the ROI box (x0, y0, x1, y1, end exclusive) in the pixel coordinates of a virtual 3328 x 4084
 INbreast-sized image.
 """
@@ -30,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from kerasseg.data.dataset import ROIDataset
+from kerasseg.data.roi import resize_image, resize_mask, roi_spacing
 from kerasseg.errors import KerassegError
 
 SHAPES = ("round", "oval", "lobulated", "irregular")
@@ -138,8 +140,6 @@ def _outline_extent(aspect, angle, ks, amps, phases):
 def _resize_roi(image, mask, size):
     """Bicubic resize of the image; mask resized as float and thresholded at 0.5 - the same
     rule as the readers (:mod:`kerasseg.data.roi`), so phantom and real ROIs match."""
-    from kerasseg.data.roi import resize_image, resize_mask
-
     return resize_image(image, size), resize_mask(mask, size)
 
 
@@ -243,7 +243,7 @@ def _sample(rng, size, beta, difficulty):
     oy = rng.uniform(0, VIRTUAL_IMAGE[0] - bh - 1)
     ox = rng.uniform(0, VIRTUAL_IMAGE[1] - bw - 1)
     box = np.array([ox, oy, ox + bw, oy + bh]).round().astype(np.int32)
-    spacing = PIXEL_MM * np.sqrt(bw * bh) / size
+    spacing = roi_spacing(PIXEL_MM, bh, bw, size)
     info = {"shape": shape, "margin": margin, "area_mm2": area_mm2}
     return roi_img, roi_mask, box, np.float32(spacing), info
 

@@ -12,8 +12,9 @@ As in both papers (ROIs "extracted with rectangular bounding boxes and then resi
   0.5, which keeps its area fraction;
 - ``boxes`` are ``(x0, y0, x1, y1)`` in original pixel coordinates, x = column, end-exclusive
   (``image[y0:y1, x0:x1]`` is the crop);
-- the ROI pixel size reported is ``spacing * sqrt(h * w) / size`` (one number per ROI whose
-  square is the area of one ROI pixel, so ``mask.sum() * spacing_mm**2`` is the mass area);
+- the ROI pixel size reported is :func:`roi_spacing` (``sqrt(row_mm * h * col_mm * w) / size``, one
+  number per ROI whose square is the area of one ROI pixel, so ``mask.sum() * spacing_mm**2`` is the
+  mass area; the readers and the phantom use the same function);
 - ``mirror=True`` flips the ROI left-right (used to bring right breasts to the left orientation).
 """
 
@@ -59,6 +60,16 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(transforms.resize_mask(np.asarray(mask, np.float32)[None], size))[0].astype(np.uint8)
 
 
+def roi_spacing(spacing, h, w, size: int) -> float | None:
+    """The pixel size (mm) of an ``h x w`` crop resized to ``size x size``: ``sqrt(row_mm * h *
+    col_mm * w) / size``, one number whose square is the area of one ROI pixel. ``spacing`` is the
+    original pixel size in mm (a number or a (row, col) pair) or None (then None)."""
+    if spacing is None:
+        return None
+    sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (2,))
+    return float(np.sqrt(sp[0] * h * sp[1] * w) / size)
+
+
 def extract_roi(image: np.ndarray, mask: np.ndarray, *, size: int = 40, margin: float = 0.0,
                 mirror: bool = False, spacing=None):
     """Crop one mass and resize it.
@@ -83,8 +94,4 @@ def extract_roi(image: np.ndarray, mask: np.ndarray, *, size: int = 40, margin: 
     if mirror:
         roi = roi[:, ::-1].copy()
         roi_mask = roi_mask[:, ::-1].copy()
-    roi_spacing = None
-    if spacing is not None:
-        sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (2,))
-        roi_spacing = float(np.sqrt(sp[0] * (y1 - y0) / size * sp[1] * (x1 - x0) / size))
-    return roi, roi_mask, box, roi_spacing
+    return roi, roi_mask, box, roi_spacing(spacing, y1 - y0, x1 - x0, size)

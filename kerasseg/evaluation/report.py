@@ -229,7 +229,8 @@ def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, tta="no
     ``<run>/eval-<split>`` (``-<tta>`` appended with TTA). Returns the metrics dict written to
     ``metrics.json``.
     """
-    from kerasseg.data.dataset import SPLITS, ROIDataset, load_data
+    from kerasseg.data.dataset import SPLITS, ROIDataset
+    from kerasseg.data.sources import load_data
     from kerasseg.models.ensemble import TTA_MODES
 
     if split not in SPLITS:  # before the (slow) model loading

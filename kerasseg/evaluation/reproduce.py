@@ -159,7 +159,8 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
     ``epochs`` is given. ``folds``: K-fold cross-validation per row instead of seeds (see the
     module docstring). Returns the table as a dict.
     """
-    from kerasseg.data.dataset import ROIDataset, load_data, save_npz
+    from kerasseg.data.dataset import ROIDataset, save_npz
+    from kerasseg.data.sources import load_data
 
     if table not in TABLES:
         raise KerassegError(f"unknown table {table!r}; choose one of {sorted(TABLES)}")

@@ -135,7 +135,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     import tensorflow as tf
 
     from kerasseg.config import apply_dataset, dataset_key, resolve_config, save_config
-    from kerasseg.data.dataset import load_data
+    from kerasseg.data.sources import load_data
     from kerasseg.data.pipeline import epoch_steps, make_tf_dataset
     from kerasseg.layers.preprocessing import ImagePreprocessor
     from kerasseg.models.segmenter import build_segmenter

@@ -151,7 +151,8 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
     are kept, an unfinished fold resumes from its checkpoint.
     """
     from kerasseg.config import resolve_config
-    from kerasseg.data.dataset import load_data, save_npz
+    from kerasseg.data.dataset import save_npz
+    from kerasseg.data.sources import load_data
     from kerasseg.fileio import output_dir
     from kerasseg.training.baselines import otsu_masks, prior_mask
     from kerasseg.training.fit import fit

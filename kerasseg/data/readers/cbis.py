@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasseg.data.imageio import read_dicom
-from kerasseg.data.readers import ImageRecord
+from kerasseg.data.readers.records import ImageRecord, existing_source
 from kerasseg.errors import KerassegError
 
 
@@ -80,8 +80,13 @@ def _official(csv_path: Path, rel: str):
     return None
 
 
-def iter_cbis(src, summary):
-    """Yield an :class:`ImageRecord` per full image (its masses from all rows naming it)."""
+def iter_cbis(src, summary, **_options):
+    """The records (lazily, as a generator): an :class:`ImageRecord` per full image (its masses
+    from all rows naming it); ``src`` must exist."""
+    return _records(existing_source(src), summary)
+
+
+def _records(src, summary):
     src = Path(src)
     if src.is_file():
         csvs, root = [src], src.parent

@@ -25,7 +25,7 @@ import numpy as np
 from skimage.draw import polygon
 
 from kerasseg.data.imageio import read_image
-from kerasseg.data.readers import ImageRecord
+from kerasseg.data.readers.records import ImageRecord, existing_source
 from kerasseg.data.splits import read_case_list
 from kerasseg.errors import KerassegError
 
@@ -164,8 +164,13 @@ def _official(case_dir: Path, stem: str, src: Path, train: set | None, test: set
     return None
 
 
-def iter_ddsm(src, summary, train_list=None, test_list=None):
-    """Yield an :class:`ImageRecord` per view with at least one mass outline."""
+def iter_ddsm(src, summary, train_list=None, test_list=None, **_options):
+    """The records (lazily, as a generator): an :class:`ImageRecord` per view with at least one mass outline;
+    ``src`` must exist."""
+    return _records(existing_source(src), summary, train_list, test_list)
+
+
+def _records(src, summary, train_list, test_list):
     src = Path(src)
     train = read_case_list(train_list) if train_list else None
     test = read_case_list(test_list) if test_list else None

@@ -15,7 +15,7 @@ from pathlib import Path
 from skimage.measure import label
 
 from kerasseg.data.imageio import read_image
-from kerasseg.data.readers import ImageRecord
+from kerasseg.data.readers.records import ImageRecord, existing_source
 from kerasseg.errors import KerassegError
 
 # the files listed in images/ and masks/ (read by kerasseg.data.imageio.read_image)
@@ -32,8 +32,13 @@ def _files(folder: Path) -> dict:
     return out
 
 
-def iter_folder(src, summary, ready_rois: bool = False):
-    """Yield an :class:`ImageRecord` per image with a non-empty mask."""
+def iter_folder(src, summary, ready_rois: bool = False, **_options):
+    """The records (lazily, as a generator): an :class:`ImageRecord` per image with a non-empty mask;
+    ``src`` must exist."""
+    return _records(existing_source(src), summary, ready_rois)
+
+
+def _records(src, summary, ready_rois):
     src = Path(src)
     img_dir, mask_dir = src / "images", src / "masks"
     for d in (img_dir, mask_dir):

@@ -19,7 +19,7 @@ import numpy as np
 from skimage.draw import polygon
 
 from kerasseg.data.imageio import read_dicom
-from kerasseg.data.readers import ImageRecord
+from kerasseg.data.readers.records import ImageRecord, existing_source
 from kerasseg.errors import KerassegError
 
 _FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -98,8 +98,13 @@ def name_fields(dicom_path: Path):
     return patient, lat
 
 
-def iter_inbreast(src, summary):
-    """Yield an :class:`ImageRecord` per image that has at least one Mass ROI."""
+def iter_inbreast(src, summary, **_options):
+    """The records (lazily, as a generator): an :class:`ImageRecord` per image that has at least one Mass ROI;
+    ``src`` must exist."""
+    return _records(existing_source(src), summary)
+
+
+def _records(src, summary):
     src = Path(src)
     xmls = xml_files(src)
     if not xmls:
