@@ -1,4 +1,4 @@
-"""CRF layer forward and forward+backward time vs ROI size and iterations, exact, lowrank and scalable, with peak memory.
+"""CRF layer forward and forward+backward time vs ROI size and iterations, exact, lowrank and grid, with peak memory.
 
 Each (mode, size) case runs in a fresh subprocess (``python -m benchmarks.bench_crf --case MODE SIZE ...``)
 so its peak RSS (VmHWM, fresh at exec) minus the RSS before the CRF work is the CRF's own peak memory.
@@ -88,7 +88,7 @@ def crf_overhead(mode="quick", batch=32):
     x = tf.constant(np.random.default_rng(0).standard_normal((batch, 40, 40, 1)).astype(np.float32))
     repeats = 1 if mode == "tiny" else 5
     times = {}
-    forms = ("lowrank", "scalable", "exact")
+    forms = ("lowrank", "grid", "exact")
     for label, crf in [("resunet", None)] + [(f"crunet {f}", {"mode": f}) for f in forms]:
         model = build_model("resunet", input_size=40, crf=crf)
         fn = tf.function(lambda x, model=model: model(x, training=False))
@@ -107,7 +107,7 @@ def crf_overhead(mode="quick", batch=32):
 def run(mode="quick", inprocess=None):
     inprocess = (mode == "tiny") if inprocess is None else inprocess
     rows = []
-    for crf_mode in ("exact", "lowrank", "scalable"):
+    for crf_mode in ("exact", "lowrank", "grid"):
         for size in SIZES[mode]:
             batch = batch_for(size, mode)
             if inprocess:

@@ -48,7 +48,7 @@ def flipped(images, masks):
 def _training_model(arch, adversarial, jit_compile=False):
     import keras
 
-    from kerasseg.training.adversarial import SegmentationModel
+    from kerasseg.training.segmentation_model import SegmentationModel
 
     net = build(arch)
     lam = 0.67 if "crf" in net.output else 0.0

@@ -33,7 +33,7 @@ def evaluate_cmd(source, data, split, out, batch_size, tta, no_figures):
 @click.option("--no-figures", "no_figures", is_flag=True, help="Skip the contour figure (OUT with .png).")
 def compare_cmd(report_a, report_b, out, seed, n_boot, no_figures):
     """Paired tests of REPORT_A vs REPORT_B: McNemar exact (pixels), Wilcoxon and bootstrap (per-image Dice)."""
-    from kerasseg.evaluation.report import compare_reports
+    from kerasseg.evaluation.compare import compare_reports
 
     compare_reports(report_a, report_b, out=out, seed=seed, n_boot=n_boot, figures=not no_figures,
                     verbose=True)

@@ -61,6 +61,45 @@ def atomic_write_text(path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
+def json_safe(obj):
+    """``obj`` with every NaN/inf float replaced by ``None`` (valid JSON: ``null``)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path, obj) -> Path:
+    """JSON (indented) written atomically; non-finite numbers become ``null`` (strict JSON)."""
+    import json
+
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False, default=str)
+    return atomic_write(path, lambda fh: fh.write(text + "\n"), "w")
+
+
+def write_csv(path, header, rows) -> Path:
+    """CSV written atomically."""
+    import csv
+
+    def w(fh):
+        wr = csv.writer(fh)
+        wr.writerow(header)
+        wr.writerows(rows)
+    return atomic_write(path, w, "w")
+
+
+def write_npz(path, **arrays) -> Path:
+    """Compressed .npz written atomically."""
+    import numpy as np
+
+    return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays), "wb")
+
+
 def _blocking_file(path: Path) -> Path | None:
     """The first existing non-folder on the way to ``path`` (``path`` itself included), if any."""
     for p in [*reversed(path.parents), path]:
@@ -206,7 +245,8 @@ def fault_point(name: str) -> None:
     Points: ``checkpoint.after_write`` (unit written to its temp folder), ``checkpoint.before_rename``
     (fsynced, not yet visible), ``checkpoint.after_rename`` (new unit visible, old one not yet
     removed), ``fit.after_last_epoch`` (training done, run.json not yet final),
-    ``export.before_swap`` (export staged, not yet renamed into place).
+    ``export.before_swap`` (export staged, not yet renamed into place), ``export.after_swap`` (new
+    version in place, the staging folder with the old version not yet removed).
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:

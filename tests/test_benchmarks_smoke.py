@@ -55,9 +55,9 @@ def test_run_all_tiny(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "### Targets (issue 7)" in md and "adversarial/plain" in md
     rows = res["benchmarks"]["crf"]["rows"]
-    crf_rows = [r for r in rows if r["mode"] in ("exact", "lowrank", "scalable")]
+    crf_rows = [r for r in rows if r["mode"] in ("exact", "lowrank", "grid")]
     overhead_rows = [r for r in rows if r["mode"].startswith("crunet forward")]
-    assert {r["mode"] for r in crf_rows} == {"exact", "lowrank", "scalable"}
+    assert {r["mode"] for r in crf_rows} == {"exact", "lowrank", "grid"}
     assert all(np.isfinite(r["fwd_ms_per_image_it2"]) for r in crf_rows)
     assert len(overhead_rows) == 3 and all(np.isfinite(r["crf_overhead_pct"]) for r in overhead_rows)
     serving = res["benchmarks"]["serving"]
@@ -112,4 +112,4 @@ def test_flop_count_by_hand():
     assert exact == 2 * 1600 * 1600 * 2 * 2 * 5
     low = crf_flops(CRFRNN(mode="lowrank"), 40, 40, 5)
     assert 0 < low < exact / 10
-    assert crf_flops(CRFRNN(mode="scalable"), 40, 40, 5) is None
+    assert crf_flops(CRFRNN(mode="grid"), 40, 40, 5) is None

@@ -10,7 +10,8 @@ import pytest
 from kerasseg.data.dataset import ROIDataset
 from kerasseg.errors import KerassegError
 from kerasseg.evaluation import plots
-from kerasseg.evaluation.report import compare_reports, evaluate_arrays, evaluate_run
+from kerasseg.evaluation.compare import compare_reports
+from kerasseg.evaluation.report import evaluate_arrays, evaluate_run
 
 
 def _threshold_model(size=16, with_crf=False):
@@ -231,3 +232,24 @@ def test_evaluate_keras_file_of_segmenter_and_of_bare_network(tmp_path, rng):
         np.testing.assert_array_equal(z["pred"][~open_raw], pred_raw[~open_raw])
         assert np.abs(z["prob"] - prob).max() > 1e-2       # it really did not normalise
     assert lo - 1e-6 <= m2["dice_mean"] <= hi + 1e-6
+
+
+def test_a_failed_report_leaves_no_folder(tmp_path, monkeypatch):
+    """A new report folder appears complete or not at all (built in a hidden sibling, renamed)."""
+    from kerasseg.evaluation import plots
+
+    rng = np.random.default_rng(0)
+    masks = (rng.random((3, 16, 16)) > 0.5).astype(np.uint8)
+
+    def boom(*a, **k):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(plots, "trimap_plot", boom)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        evaluate_arrays(masks.astype(np.float32), masks, ["a", "b", "c"], tmp_path / "rep", verbose=False)
+    assert list(tmp_path.iterdir()) == []            # no report folder, no hidden staging folder
+    monkeypatch.undo()
+    m = evaluate_arrays(masks.astype(np.float32), masks, ["a", "b", "c"], tmp_path / "rep", verbose=False)
+    assert m["dice_mean"] == pytest.approx(1.0)
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == sorted(
+        ["metrics.json", "per_image.csv", "predictions.npz", "dice_hist.png", "contours.png", "trimap.png"])

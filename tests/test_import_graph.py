@@ -18,22 +18,13 @@ BASE = "base"
 
 # Imports that go against the flow, each with its reason: (importer, imported module) -> reason.
 _CONFIG_LAZY = "config validates names against the layers/models registries; imported lazily (inside functions)"
-_REPORTED = "reported to the lead (issue 14): outside kerasseg/data/, to be fixed by its owner"
 ALLOWED_UPWARD = {
     ("kerasseg.config.schema", "kerasseg.models.registry"): _CONFIG_LAZY,
     ("kerasseg.config.schema", "kerasseg.models.crf_head"): _CONFIG_LAZY,
     ("kerasseg.config.schema", "kerasseg.layers.preprocessing"): _CONFIG_LAZY,
-    # the one threshold / binarize lives in training.metrics, but the inference graph (models) needs it
-    ("kerasseg.models.segmenter", "kerasseg.training.metrics"): _REPORTED,
-    ("kerasseg.models.ensemble", "kerasseg.training.metrics"): _REPORTED,
 }
 # Private names imported across modules: (importer, imported module, name) -> reason.
-ALLOWED_PRIVATE = {
-    ("kerasseg.layers.crf.grid", "kerasseg.layers.crf.grid_plans", "_check_theta"): _REPORTED,
-    ("kerasseg.layers.crf.grid", "kerasseg.layers.crf.grid_plans", "_depthwise_1d"): _REPORTED,
-    ("kerasseg.layers.crf.grid", "kerasseg.layers.crf.grid_plans", "_static_hw"): _REPORTED,
-    ("kerasseg.models.registry", "kerasseg.layers.prior", "_check_rate"): _REPORTED,
-}
+ALLOWED_PRIVATE: dict = {}
 
 def _modules() -> dict[str, Path]:
     """Dotted module name -> file, for kerasseg/ and cli/ (as kerasseg.cli)."""

@@ -67,14 +67,14 @@ def test_each_config_learns(name, learn_batch):
     from kerasseg.layers import ImagePreprocessor
     from kerasseg.layers.prior import prior_from_masks
     from kerasseg.training import build_training_model
-    from kerasseg.training.losses import l2_penalty, per_example_loss
+    from kerasseg.training.losses import l2_penalty, per_example_loss, regularized_layers
 
     keras.utils.set_random_seed(0)
     ds, y = learn_batch
     cfg = resolve_config(name, dataset="inbreast")
     if cfg["model"]["arch"] in ("unet", "resunet"):
         cfg["model"].update(filters=[4, 8], dropout=0.0)
-    elif cfg["model"]["dropout"]:
+    elif cfg["model"].get("dropout"):
         cfg["model"]["dropout"] = 0.0
     d = cfg["data"]
     pre = ImagePreprocessor(40, enhancement=d["enhancement"], normalization=d["normalization"])
@@ -85,11 +85,15 @@ def test_each_config_learns(name, learn_batch):
 
     def objective():
         out = model.net(x, training=True)
-        return float(np.mean(per_example_loss(out, y, lam))
-                     + l2_penalty(model.net.trainable_weights, l2, 1600))
+        return float(np.mean(per_example_loss(out, y, lam)) + sum(float(v) for v in model.net.losses))
 
     before = objective()
-    hist = model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0)
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    # Zhu eq. (8) on the kernels only, at the weights the last step starts from
+    penalty = sum(float(v) for v in model.net.losses)
+    kernels = [layer.kernel for layer in regularized_layers(model.net)]
+    assert penalty == pytest.approx(float(l2_penalty(kernels, l2, 1600)) if l2 else 0.0, rel=1e-5)
+    hist = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     after = objective()
     assert np.isfinite(hist.history["loss"]).all()
     assert after < before, (before, after)
@@ -98,9 +102,8 @@ def test_each_config_learns(name, learn_batch):
         assert (np.array(hist.history["adv_loss"]) > 0).all()
     else:
         assert "adv_loss" not in hist.history
-    # one step per epoch: the last logged total is clean + adversarial + L2 of the final weights
+    # one step: the logged total is clean + adversarial + L2 of the weights the step started from
     h = {k: v[-1] for k, v in hist.history.items()}
-    penalty = float(l2_penalty(model.net.trainable_weights, l2, 1600))
     assert h["loss"] == pytest.approx(h["clean_loss"] + h.get("adv_loss", 0.0) + penalty,
                                       rel=1e-4)
 

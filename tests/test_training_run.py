@@ -96,7 +96,7 @@ def test_run_dir_and_its_model_file(tmp_path, tiny_model):
 
 def test_bad_sources_are_one_line_errors(tmp_path, tiny_model):
     from kerasseg.models import get_network, get_preprocessor
-    from kerasseg.training.adversarial import SegmentationModel
+    from kerasseg.training.segmentation_model import SegmentationModel
 
     with pytest.raises(KerassegError, match="no such run directory or model file"):
         load_model_source(tmp_path / "missing")

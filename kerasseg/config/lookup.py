@@ -63,10 +63,12 @@ def read_yaml(path: Path) -> dict:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise KerassegError(f"not valid YAML{where}", path) from None
+    except UnicodeDecodeError as exc:
+        raise KerassegError(f"config is not UTF-8 text (byte {exc.start})", path) from None
     except OSError as exc:
         raise KerassegError(f"cannot read config ({exc.strerror})", path) from None
     if raw is None:
-        raw = {}
+        raise KerassegError("config file is empty (write at least `extends: <config>` or a section)", path)
     if not isinstance(raw, dict):
         raise KerassegError("a config must be a YAML mapping of sections", path)
     return raw

@@ -215,7 +215,7 @@ def check_values(cfg: dict, path, prefix="") -> None:
     _range(t["epochs"] >= 1, f"{p}train.epochs must be >= 1, got {t['epochs']}", path)
     _range(t["patience"] >= 0, f"{p}train.patience must be >= 0 (0 = no early stopping), "
            f"got {t['patience']}", path)
-    _range(t["seed"] >= 0, f"{p}train.seed must be >= 0, got {t['seed']}", path)
+    _range(0 <= t["seed"] < 2**32, f"{p}train.seed must be in [0, 2**32 - 1], got {t['seed']}", path)
     _range(d["size"] >= 8, f"{p}data.size must be >= 8, got {d['size']}", path)
     crf = cfg["crf"]
     if crf is None:

@@ -191,6 +191,8 @@ def load_npz(path) -> ROIDataset:
     if not path.is_file():
         raise KerassegError("no such dataset file", path)
     try:
+        if not zipfile.is_zipfile(path):
+            raise KerassegError("not a .npz archive (a .npy array or another file renamed .npz?)", path)
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("images", "masks", "split", "ids") if k not in z.files]
             if missing:

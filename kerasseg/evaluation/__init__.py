@@ -3,7 +3,9 @@
 - :mod:`~kerasseg.evaluation.metrics`   Dice / IoU / sensitivity / precision, pooled Dice, HD95, trimap accuracy
 - :mod:`~kerasseg.evaluation.stats`     McNemar exact, Wilcoxon signed-rank, paired bootstrap CI
 - :mod:`~kerasseg.evaluation.plots`     Dice histogram + ECDF, contour grids, trimap curve (PNG)
-- :mod:`~kerasseg.evaluation.report`    ``evaluate_run`` and ``compare_reports`` (report folders)
+- :mod:`~kerasseg.evaluation.report`    ``evaluate_run`` / ``evaluate_arrays`` (report folders; CV ensembles, TTA)
+- :mod:`~kerasseg.evaluation.compare`   ``compare_reports``, ``load_predictions`` (two reports, paired tests)
+- :mod:`~kerasseg.evaluation.formatting` p-values, percentages, the text summary
 - :mod:`~kerasseg.evaluation.reproduce` ``reproduce_table`` (CRU-Net Table 1, Zhu Table 2)
 """
 
@@ -15,10 +17,14 @@ from kerasseg.evaluation.stats import bootstrap_ci, mcnemar_exact, paired_tests,
 
 
 def __getattr__(name):  # lazy: report/reproduce pull in matplotlib and Keras
-    if name in ("evaluate_run", "evaluate_arrays", "compare_reports", "load_predictions"):
+    if name in ("evaluate_run", "evaluate_arrays"):
         from kerasseg.evaluation import report
 
         return getattr(report, name)
+    if name in ("compare_reports", "load_predictions"):
+        from kerasseg.evaluation import compare
+
+        return getattr(compare, name)
     if name in ("reproduce_table", "TABLES"):
         from kerasseg.evaluation import reproduce
 

@@ -1,4 +1,5 @@
-"""Evaluation reports: ``evaluate_run`` (a trained run -> report folder) and ``compare_reports``.
+"""Evaluation reports: ``evaluate_run`` (a run, CV folder or model -> report folder) and
+``evaluate_arrays`` (probabilities -> report folder). Comparing two reports: :mod:`.compare`.
 
 A report folder (Contract 5) holds
 
@@ -12,20 +13,17 @@ Every file is written atomically (temporary name beside the target, then rename)
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from kerasseg.errors import KerassegError
-from kerasseg.fileio import atomic_write
+from kerasseg.fileio import write_csv, write_json, write_npz
 from kerasseg.evaluation import metrics as M
 from kerasseg.evaluation import plots
-from kerasseg.evaluation import stats as S
+from kerasseg.evaluation.formatting import format_summary
 from kerasseg.training.metrics import THRESHOLD, binarize  # the one threshold
 
 METRIC_KEYS = ("dice_mean", "dice_std", "dice_pooled", "iou_mean", "hd95_px_mean", "hd95_mm_mean",
@@ -42,48 +40,6 @@ DEFINITIONS = {
                        "(w = 1..5), pooled over ROIs; null if no ROI has a boundary",
     "threshold": "mass where the final output's channel 1 >= 0.5",
 }
-
-
-# ------------------------------------------------------------------ atomic files
-def _atomic(path, write_fn, mode="w"):
-    return atomic_write(path, write_fn, mode)
-
-
-def _json_safe(obj):
-    """``obj`` with every NaN/inf float replaced by ``None`` (valid JSON: ``null``)."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path, obj) -> Path:
-    """JSON (indented) written atomically; non-finite numbers become ``null`` (strict JSON)."""
-    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
-    return _atomic(path, lambda fh: fh.write(text + "\n"))
-
-
-def write_csv(path, header, rows) -> Path:
-    """CSV written atomically."""
-    def w(fh):
-        wr = csv.writer(fh)
-        wr.writerow(header)
-        wr.writerows(rows)
-    return _atomic(path, w)
-
-
-def write_npz(path, **arrays) -> Path:
-    """Compressed .npz written atomically."""
-    return _atomic(path, lambda fh: np.savez_compressed(fh, **arrays), mode="wb")
-
-
-def _make_dir(out_dir) -> Path:
-    from kerasseg.fileio import output_dir
-
-    return output_dir(out_dir, "report folder")
 
 
 # ------------------------------------------------------------------ inference
@@ -135,85 +91,70 @@ def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, 
     if pred.shape != prob.shape:
         raise KerassegError(f"predicted masks {pred.shape} and probabilities {prob.shape} differ in shape")
     summary, per = M.summarize(pred, masks, spacing_mm)
-    out = _make_dir(out_dir)
-    result = {
-        **{k: summary[k] for k in ("dice_mean", "dice_std", "dice_pooled", "iou_mean", "hd95_px_mean",
-                                   "hd95_mm_mean", "sensitivity_mean", "precision_mean",
-                                   "trimap_accuracy", "n")},
-        "split": split,
-        "data_hash": data_hash,
-        "model": model_label,
-        "run": None if run is None else str(run),
-        "final_output": final_output,
-        "threshold": THRESHOLD,
-        "definitions": DEFINITIONS,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if extra:
-        result.update(extra)
-    areas_gt = masks.reshape(len(masks), -1).sum(1)
-    areas_pred = pred.reshape(len(pred), -1).sum(1)
-    header = ["id", "dice", "iou", "sensitivity", "precision", "hd95_px", "hd95_mm", "gt_area_px",
-              "pred_area_px"]
-    rows = []
-    for i in range(len(ids)):
-        mm = "" if "hd95_mm" not in per else f"{per['hd95_mm'][i]:.6g}"
-        rows.append([ids[i], f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}",
-                     f"{per['sensitivity'][i]:.6f}", f"{per['precision'][i]:.6f}",
-                     f"{per['hd95_px'][i]:.6g}", mm, int(areas_gt[i]), int(areas_pred[i])])
-    write_csv(out / "per_image.csv", header, rows)
-    arrays = {"ids": ids, "prob": prob, "pred": pred, "mask": masks, "data_hash": np.asarray(data_hash),
-              "split": np.asarray(split)}
-    if spacing_mm is not None:
-        arrays["spacing_mm"] = np.asarray(spacing_mm, np.float32)
-    if images is not None:
-        arrays["images"] = np.asarray(images, np.float32)   # raw ROIs, for comparison figures
-    if uncertainty is not None:
-        arrays["uncertainty"] = np.asarray(uncertainty, np.float32)
-        result["uncertainty_mean"] = float(np.mean(arrays["uncertainty"]))
-    write_npz(out / "predictions.npz", **arrays)
-    if figures:
-        plots.dice_histogram(per["dice"], out / "dice_hist.png", title=f"{split} Dice")
-        shown = images if images is not None else prob
-        plots.contour_grid(shown, masks, pred, per["dice"], out / "contours.png",
-                           k=min(5, len(ids)), ids=ids)
-        plots.trimap_plot({int(k): v for k, v in summary["trimap_accuracy"].items()},
-                          out / "trimap.png", label=model_label or "model")
+    def write(out: Path) -> dict:
+        result = {
+            **{k: summary[k] for k in ("dice_mean", "dice_std", "dice_pooled", "iou_mean", "hd95_px_mean",
+                                       "hd95_mm_mean", "sensitivity_mean", "precision_mean",
+                                       "trimap_accuracy", "n")},
+            "split": split,
+            "data_hash": data_hash,
+            "model": model_label,
+            "run": None if run is None else str(run),
+            "final_output": final_output,
+            "threshold": THRESHOLD,
+            "definitions": DEFINITIONS,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if extra:
+            result.update(extra)
+        areas_gt = masks.reshape(len(masks), -1).sum(1)
+        areas_pred = pred.reshape(len(pred), -1).sum(1)
+        header = ["id", "dice", "iou", "sensitivity", "precision", "hd95_px", "hd95_mm", "gt_area_px",
+                  "pred_area_px"]
+        rows = []
+        for i in range(len(ids)):
+            mm = "" if "hd95_mm" not in per else f"{per['hd95_mm'][i]:.6g}"
+            rows.append([ids[i], f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}",
+                         f"{per['sensitivity'][i]:.6f}", f"{per['precision'][i]:.6f}",
+                         f"{per['hd95_px'][i]:.6g}", mm, int(areas_gt[i]), int(areas_pred[i])])
+        write_csv(out / "per_image.csv", header, rows)
+        arrays = {"ids": ids, "prob": prob, "pred": pred, "mask": masks, "data_hash": np.asarray(data_hash),
+                  "split": np.asarray(split)}
+        if spacing_mm is not None:
+            arrays["spacing_mm"] = np.asarray(spacing_mm, np.float32)
+        if images is not None:
+            arrays["images"] = np.asarray(images, np.float32)   # raw ROIs, for comparison figures
         if uncertainty is not None:
-            plots.uncertainty_grid(shown, masks, pred, uncertainty, per["dice"], out / "uncertainty.png",
-                                   k=min(5, len(ids)), ids=ids)
-    write_json(out / "metrics.json", result)
+            arrays["uncertainty"] = np.asarray(uncertainty, np.float32)
+            result["uncertainty_mean"] = float(np.mean(arrays["uncertainty"]))
+        write_npz(out / "predictions.npz", **arrays)
+        if figures:
+            plots.dice_histogram(per["dice"], out / "dice_hist.png", title=f"{split} Dice")
+            shown = images if images is not None else prob
+            plots.contour_grid(shown, masks, pred, per["dice"], out / "contours.png",
+                               k=min(5, len(ids)), ids=ids)
+            plots.trimap_plot({int(k): v for k, v in summary["trimap_accuracy"].items()},
+                              out / "trimap.png", label=model_label or "model")
+            if uncertainty is not None:
+                plots.uncertainty_grid(shown, masks, pred, uncertainty, per["dice"], out / "uncertainty.png",
+                                       k=min(5, len(ids)), ids=ids)
+        write_json(out / "metrics.json", result)
+        return result
+
+    final = Path(out_dir)
+    from kerasseg.fileio import output_dir, staged_dir
+
+    if final.exists():  # an earlier report (perhaps beside compare results): each file replaced atomically
+        out = output_dir(final, "report folder")
+        result = write(out)
+    else:               # a new report folder appears complete or not at all
+        with staged_dir(final, what="report folder") as tmp:
+            result = write(tmp)
+        out = final
     if verbose:
         print(format_summary(result))
         print(f"report written to {out}")
     return result
-
-
-def format_p(p) -> str:
-    """A p-value for people: 4 significant digits, and '< 1e-300' where it underflows to 0."""
-    if p is None:
-        return "n/a"
-    return "< 1e-300" if p == 0 else f"{p:.4g}"
-
-
-def _pct(v):
-    return "n/a" if v is None else f"{100 * v:.2f}"
-
-
-def format_summary(m: dict) -> str:
-    """A short text table of the main numbers of a metrics dict."""
-    lines = [
-        f"split {m.get('split')}  n={m.get('n')}  data {m.get('data_hash')}",
-        f"  Dice (per-image mean ± std)  {_pct(m['dice_mean'])} ± {_pct(m['dice_std'])} %",
-        f"  Dice (pooled over pixels)    {_pct(m['dice_pooled'])} %",
-        f"  IoU (mean)                   {_pct(m['iou_mean'])} %",
-        f"  Sensitivity / precision      {_pct(m['sensitivity_mean'])} / {_pct(m['precision_mean'])} %",
-        f"  HD95 (mean)                  {m['hd95_px_mean']:.2f} px"
-        + ("" if m.get("hd95_mm_mean") is None else f" / {m['hd95_mm_mean']:.2f} mm"),
-        "  Trimap accuracy w=1..5       "
-        + " ".join(_pct(m["trimap_accuracy"].get(str(w))) for w in M.TRIMAP_WIDTHS) + " %",
-    ]
-    return "\n".join(lines)
 
 
 def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, tta="none",
@@ -262,7 +203,8 @@ def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, tta="no
     if (size, size) != sub.images.shape[1:]:
         raise KerassegError(
             f"data ROIs are {sub.images.shape[1]}x{sub.images.shape[2]} but the model computes at "
-            f"{size}x{size} (its masks are compared at that size); prepare the data with the model's ROI size")
+            f"{size}x{size} (its masks are compared at that size); prepare the data with the model's ROI size",
+            None if isinstance(data, ROIDataset) else data)
     if out_dir is None:
         if home is None:
             raise KerassegError("an output folder (--out) is needed when evaluating a model file")
@@ -295,94 +237,3 @@ def _load_ensemble(source):
     return load_ensemble_source(source), label
 
 
-# ------------------------------------------------------------------ compare
-def load_predictions(report) -> dict:
-    """Read ``predictions.npz`` of a report folder (or the .npz itself) with clear errors."""
-    path = Path(str(report))
-    if path.is_dir():
-        path = path / "predictions.npz"
-    if not path.is_file():
-        raise KerassegError("no predictions.npz: not an evaluation report (run kerasseg evaluate first)",
-                            path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("ids", "pred", "mask", "data_hash") if k not in z.files]
-            if missing:
-                raise KerassegError(f"not an evaluation report: missing {missing}", path)
-            out = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise KerassegError(f"cannot read predictions ({exc})", path) from None
-    out["ids"] = out["ids"].astype(str)
-    out["data_hash"] = str(out["data_hash"])
-    out["split"] = str(out.get("split", ""))
-    out["path"] = str(path)
-    return out
-
-
-def compare_reports(report_a, report_b, out=None, *, seed=0, n_boot=10000, figures=True,
-                    verbose=True) -> dict:
-    """Paired tests of report A against report B on the same data (see :mod:`kerasseg.evaluation.stats`).
-
-    Refuses reports made on different data (data hash, ids or masks differ). Writes the
-    result as JSON to ``out`` (default ``<report_a>/compare-<name of b>.json``) and, with
-    ``figures``, a contour grid beside it (same name, ``.png``): the best and hardest ROIs of B,
-    ground truth red, A blue, B green (CRU-Net Fig. 4/5).
-    """
-    a, b = load_predictions(report_a), load_predictions(report_b)
-    if a["data_hash"] != b["data_hash"]:
-        raise KerassegError(f"reports were made on different data (data hash {a['data_hash']} vs "
-                            f"{b['data_hash']}): {report_a} vs {report_b}")
-    if a["split"] != b["split"]:
-        raise KerassegError(f"reports are on different splits ({a['split']!r} vs {b['split']!r})")
-    if a["ids"].shape != b["ids"].shape or not np.array_equal(a["ids"], b["ids"]):
-        raise KerassegError(f"reports cover different ROIs (ids differ): {report_a} vs {report_b}")
-    if a["mask"].shape != b["mask"].shape or not np.array_equal(a["mask"], b["mask"]):
-        raise KerassegError(f"reports have different ground-truth masks: {report_a} vs {report_b}")
-    gt = a["mask"]
-    dice_a = np.array([M.dice(p, g) for p, g in zip(a["pred"], gt)])
-    dice_b = np.array([M.dice(p, g) for p, g in zip(b["pred"], gt)])
-    tests = S.paired_tests(a["pred"], b["pred"], gt, dice_a, dice_b, seed=seed, n_boot=n_boot)
-    result = {
-        "a": str(report_a), "b": str(report_b),
-        "data_hash": a["data_hash"], "split": a["split"], "n_images": int(len(gt)),
-        "n_pixels": int(gt.size),
-        "dice_mean_a": float(dice_a.mean()), "dice_mean_b": float(dice_b.mean()),
-        "dice_pooled_a": M.pooled_dice(a["pred"], gt), "dice_pooled_b": M.pooled_dice(b["pred"], gt),
-        **tests,
-        "notes": ("mcnemar: exact two-sided binomial test on pixel-wise discordant counts b (only A "
-                  "correct) and c (only B correct); pixels are not independent, so prefer the "
-                  "per-image wilcoxon and bootstrap (mean Dice A - B)"),
-    }
-    if out is None:
-        ra = Path(str(report_a))
-        out = (ra if ra.is_dir() else ra.parent) / f"compare-{Path(str(report_b)).resolve().name}.json"
-    out = Path(out)
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise KerassegError("output folder does not exist", out.parent)
-    if figures:
-        shown = a["images"] if "images" in a else a.get("prob", a["pred"])
-        fig = out.with_suffix(".png")
-        plots.contour_grid(shown, gt, a["pred"], dice_a, fig, k=min(5, len(gt)), ids=a["ids"],
-                           preds_b=b["pred"], dice_b=dice_b, order_by="b")
-        result["figure"] = str(fig)
-    write_json(out, result)
-    result["out"] = str(out)
-    if verbose:
-        print(format_compare(result))
-        print(f"written to {out}")
-    return result
-
-
-def format_compare(r: dict) -> str:
-    """Short text of a comparison result."""
-    mc, wx, bs = r["mcnemar"], r["wilcoxon"], r["bootstrap"]
-    buf = io.StringIO()
-    buf.write(f"A: {r['a']}\nB: {r['b']}\n")
-    buf.write(f"  n={r['n_images']} ROIs, {r['n_pixels']} pixels, data {r['data_hash']}\n")
-    buf.write(f"  Dice mean   A {_pct(r['dice_mean_a'])} %  B {_pct(r['dice_mean_b'])} %\n")
-    buf.write(f"  Dice pooled A {_pct(r['dice_pooled_a'])} %  B {_pct(r['dice_pooled_b'])} %\n")
-    buf.write(f"  McNemar exact (pixels): b={mc['b']} c={mc['c']}  p={format_p(mc['pvalue'])}\n")
-    buf.write(f"  Wilcoxon signed-rank (per-image Dice): W={wx['statistic']:.4g}  p={format_p(wx['pvalue'])}\n")
-    buf.write(f"  Mean Dice difference A-B: {100 * bs['mean_diff']:+.2f} %  "
-              f"{int(100 * bs['level'])}% bootstrap CI [{100 * bs['ci_low']:+.2f}, {100 * bs['ci_high']:+.2f}] %")
-    return buf.getvalue()

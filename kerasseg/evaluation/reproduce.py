@@ -32,7 +32,9 @@ import numpy as np
 from kerasseg.errors import KerassegError
 from kerasseg.evaluation import metrics as M
 from kerasseg.evaluation import stats as S
-from kerasseg.evaluation.report import evaluate_run, load_predictions, write_csv, write_json
+from kerasseg.evaluation.compare import load_predictions
+from kerasseg.evaluation.report import evaluate_run
+from kerasseg.fileio import write_csv, write_json
 
 # Published Dice (%) per row: (INbreast, DDSM-BCRP), each (mean, std or None).
 TABLES: dict = {
@@ -173,8 +175,7 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
     out = Path(out_dir or f"reproduce-{table}")
     from kerasseg.fileio import output_dir
 
-    output_dir(out)
-
+    output_dir(out, create=False)  # checked before the data loads, created after
     ds = data if isinstance(data, ROIDataset) else load_data(data)
     data_spec = None if (data is None or str(data) == "phantom") else str(data)
     if quick:
@@ -185,6 +186,7 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
         raise KerassegError(f"--folds must be an integer >= 2, got {folds!r}")
     if folds:
         seeds = 1   # one fold ensemble per row; the spread is over folds
+    output_dir(out)
     state = out / "reproduce.json"
     if state.is_file():
         try:

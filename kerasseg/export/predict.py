@@ -18,13 +18,12 @@ perimeter from ``skimage.measure.perimeter``). An ``.npz`` dataset gives ``<stem
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from kerasseg.data.imageio import Image2D, read_image  # noqa: F401 - the one reader, shared with data prepare
-from kerasseg.fileio import atomic_path, output_dir
+from kerasseg.fileio import atomic_path, output_dir, write_json
 from kerasseg.errors import KerassegError
 
 
@@ -166,15 +165,6 @@ def write_png(path, arr) -> None:
     import skimage.io
 
     _atomic(Path(path), lambda tmp: skimage.io.imsave(tmp, np.asarray(arr), check_contrast=False))
-
-
-def write_json(path, obj) -> None:
-    def _w(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-
-    _atomic(Path(path), _w)
 
 
 def uncertainty_to_uint8(std: np.ndarray) -> np.ndarray:

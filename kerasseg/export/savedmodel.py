@@ -362,17 +362,19 @@ def export_model(source, out, version: int | None = None, force: bool = False, t
     card = model_card(module.model, src.config, src.run_dir, members=module.members, tta=tta,
                       postprocessing=module.postprocessing, folds_dir=src.folds_dir, cv=src.cv)
 
-    from kerasseg.fileio import output_dir
+    from kerasseg.fileio import fault_point, output_dir
 
     output_dir(base, "export folder")
     _remove_leftovers(base)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base))
     try:
         _write_saved_model(module, tmp / "model", card, model_name=base.name or "kerasseg")
+        fault_point("export.before_swap")
         if target.exists():  # force: swap, so that a version folder exists at every instant
             _exchange(tmp / "model", target)  # tmp/model now holds the old version
         else:
             os.replace(tmp / "model", target)
+        fault_point("export.after_swap")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

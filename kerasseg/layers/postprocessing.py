@@ -24,7 +24,28 @@ Definitions (the tests compare with scipy exactly):
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
+from keras import ops
+
+#: a pixel is mass when the final output's mass probability is >= THRESHOLD (the one threshold of
+#: kerasseg: training metrics, model selection, evaluation, predict and the served graph)
+THRESHOLD = 0.5
+
+
+def binarize(prob):
+    """``prob >= THRESHOLD`` as uint8 (NumPy in, NumPy out; tensor in, tensor out).
+
+    Example:
+
+    >>> import numpy as np
+    >>> binarize(np.array([0.2, 0.5, 0.9])).tolist()
+    [0, 1, 1]
+    """
+    if isinstance(prob, np.ndarray):
+        return (prob >= THRESHOLD).astype(np.uint8)
+    return ops.cast(ops.greater_equal(prob, THRESHOLD), "uint8")
+
 
 #: propagation steps between two convergence checks of the while loops
 _STEPS_PER_CHECK = 4

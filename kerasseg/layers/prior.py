@@ -32,6 +32,15 @@ def prior_from_masks(masks, sigma: float = 1.0, eps: float = RATE_EPS) -> np.nda
     (``sigma`` pixels, ``mode="nearest"``; ``sigma=0`` disables smoothing) and
     clipped to ``[eps, 1 - eps]``. Returns a float32 ``(H, W)`` map.
     Use the TRAIN split only.
+
+    Example:
+
+    >>> import numpy as np
+    >>> masks = np.zeros((4, 8, 8), np.uint8)
+    >>> masks[:, 2:6, 2:6] = 1
+    >>> rate = prior_from_masks(masks, sigma=0)
+    >>> float(rate[3, 3]), float(rate[0, 0])
+    (0.9990000128746033, 0.0010000000474974513)
     """
     m = np.asarray(masks)
     if m.ndim != 3 or m.shape[0] < 1 or m.shape[1] < 1 or m.shape[2] < 1:
@@ -48,7 +57,7 @@ def prior_from_masks(masks, sigma: float = 1.0, eps: float = RATE_EPS) -> np.nda
     return np.clip(rate, eps, 1.0 - eps).astype(np.float32)
 
 
-def _check_rate(rate) -> np.ndarray:
+def check_rate(rate) -> np.ndarray:
     r = np.asarray(rate, dtype=np.float64)
     if r.ndim != 2 or r.shape[0] < 1 or r.shape[1] < 1:
         raise KerassegError(f"position prior must be an (H, W) map; got shape {r.shape}")
@@ -72,11 +81,25 @@ class PositionPrior(keras.layers.Layer):
     The initial map is part of ``get_config`` (a nested list), so a layer rebuilt
     from its config starts from the same bias; saved weights then restore the
     trained values.
+
+    Input shape:
+        ``(batch, H, W, 2)`` logits.
+
+    Output shape:
+        ``(batch, H, W, 2)``: the logits plus the (trainable) log-prior bias.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = PositionPrior(np.full((4, 4), 0.25, np.float32))
+    >>> out = layer(np.zeros((1, 4, 4, 2), np.float32))
+    >>> np.allclose(out[0, 0, 0], [np.log(0.75), np.log(0.25)])
+    True
     """
 
     def __init__(self, rate, trainable: bool = True, **kwargs):
         super().__init__(trainable=trainable, **kwargs)
-        r = _check_rate(rate)
+        r = check_rate(rate)
         self._rate = r.astype(np.float32)
         self.bias = None
 

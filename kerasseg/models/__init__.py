@@ -9,11 +9,15 @@ in front (the model that is saved, evaluated and served). Importing this package
 
 import kerasseg.layers  # noqa: F401  (registers PositionPrior and, when present, CRFRNN)
 from kerasseg.layers.fusion import UnaryFusion
+from kerasseg.models.ensemble import TTA_MODES, ensemble_function, predict_ensemble
 from kerasseg.models.fcn import FCN_VARIANTS, fcn_geometry
 from kerasseg.models.registry import ALIASES, ARCH_OPTIONS, build_model, final_key, list_archs, output_keys
 from kerasseg.models.segmenter import as_segmenter, build_segmenter, get_network, get_preprocessor, model_size
 
 __all__ = [
+    "TTA_MODES",
+    "ensemble_function",
+    "predict_ensemble",
     "ALIASES",
     "ARCH_OPTIONS",
     "FCN_VARIANTS",

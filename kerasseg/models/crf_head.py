@@ -18,7 +18,7 @@ from kerasseg.errors import KerassegError
 
 
 def crf_class():
-    """The CRFRNN layer class (imported lazily: kerasseg/layers/crf.py is another module)."""
+    """The CRFRNN layer class (imported lazily: kerasseg/layers/crf/ is another module)."""
     try:
         from kerasseg.layers.crf import CRFRNN
     except ModuleNotFoundError as exc:

@@ -16,7 +16,7 @@ segmenters, a ``tf.function`` of raw crops like :func:`kerasseg.models.segmenter
    population standard deviation (``uncertainty``);
 5. both are resized back to (h, w) (bilinear, as segment_function) and clipped to [0, 1]
    (uncertainty to [0, 0.5], the largest std of values in [0, 1]); ``mask`` is the one threshold
-   (:func:`kerasseg.training.metrics.binarize`) of the probability, then the optional
+   (:func:`kerasseg.layers.postprocessing.binarize`) of the probability, then the optional
    post-processing (:func:`kerasseg.layers.postprocessing.postprocess`) at the crop size.
 """
 
@@ -113,7 +113,7 @@ def ensemble_function(members, tta: str = "none", postprocessing: dict | None = 
     from kerasseg.layers.postprocessing import postprocess
     from kerasseg.models.registry import final_key
     from kerasseg.models.segmenter import as_segmenter, get_preprocessor, model_size
-    from kerasseg.training.metrics import binarize
+    from kerasseg.layers.postprocessing import binarize
 
     if isinstance(members, keras.Model):
         members = [members]

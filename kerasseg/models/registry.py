@@ -9,7 +9,7 @@ import numpy as np
 from keras import layers
 
 from kerasseg.errors import KerassegError
-from kerasseg.layers.prior import PositionPrior, _check_rate
+from kerasseg.layers.prior import PositionPrior, check_rate
 from kerasseg.models.crf_head import attach_crf
 from kerasseg.layers.fusion import UnaryFusion
 from kerasseg.models.fcn import FCN_VARIANTS, fcn_geometry, fcn_logits
@@ -108,7 +108,7 @@ def build_model(arch: str, *, input_size: int = 40, crf: dict | None = None,
         )
     opts = {**known, **arch_kwargs}
     if prior is not None:
-        prior = _check_rate(prior)
+        prior = check_rate(prior)
         if prior.shape != (size, size):
             raise KerassegError(
                 f"position prior has shape {prior.shape} but the model input is {size}x{size}"

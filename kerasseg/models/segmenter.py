@@ -36,6 +36,21 @@ def build_segmenter(network, preprocessor: ImagePreprocessor | None = None, name
         preprocessor: the fitted preprocessing; ``None`` resizes only (the network's input is
             then taken as already normalised).
         name: model name (default ``"<network name>_segmenter"``).
+
+    Input shape:
+        ``image``: ``(batch, height, width, 1)`` float32 raw intensities, any height and width.
+
+    Output shape:
+        the network's dict of ``(batch, S, S, 2)`` class probabilities.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from kerasseg.models import build_model
+    >>> seg = build_segmenter(build_model("unet", filters=(4, 8)))
+    >>> out = seg(np.random.rand(2, 57, 71, 1).astype("float32"))
+    >>> tuple(out["net"].shape)
+    (2, 40, 40, 2)
     """
     size = network_size(network)
     if preprocessor is None:
@@ -84,14 +99,14 @@ def segment_function(model):
     the segmenter in inference mode (its preprocessing, the network, the CRF), the final output's
     mass probability resized back to the crop size (bilinear, :func:`kerasseg.data.transforms.resize`;
     identity at the model size), clipped to [0, 1], and the one threshold
-    (:func:`kerasseg.training.metrics.binarize`). Evaluation, ``predict`` and every signature of the
+    (:func:`kerasseg.layers.postprocessing.binarize`). Evaluation, ``predict`` and every signature of the
     exported SavedModel run this function, so they compute the same numbers.
     """
     import tensorflow as tf
 
     from kerasseg.data import transforms
     from kerasseg.models.registry import final_key
-    from kerasseg.training.metrics import binarize
+    from kerasseg.layers.postprocessing import binarize
 
     model = as_segmenter(model)
     key = final_key(model)

@@ -37,11 +37,3 @@ def fgm_perturbation(grad, epsilon):
     norm = tf.sqrt(tf.reduce_sum(tf.square(g), axis=axes, keepdims=True))
     return float(epsilon) * tf.math.divide_no_nan(g, norm)
 
-
-def __getattr__(name):
-    # temporary: removed at integration (fit.py still imports SegmentationModel from here)
-    if name == "SegmentationModel":
-        from kerasseg.training.segmentation_model import SegmentationModel
-
-        return SegmentationModel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -80,7 +80,7 @@ def _optimizer(cfg: dict):
 def build_training_model(cfg: dict, input_size: int, prior=None):
     """The compiled :class:`SegmentationModel` for a resolved config (call inside a strategy scope)."""
     from kerasseg.models import build_model
-    from kerasseg.training.adversarial import SegmentationModel
+    from kerasseg.training.segmentation_model import SegmentationModel
 
     net = build_model(cfg["model"]["arch"], input_size=input_size, crf=cfg["crf"],
                       prior=prior if cfg["model"]["position_prior"] else None, **_arch_kwargs(cfg))
@@ -134,43 +134,18 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     import keras
     import tensorflow as tf
 
-    from kerasseg.config import apply_dataset, dataset_key, resolve_config, save_config
-    from kerasseg.data.sources import load_data
-    from kerasseg.data.pipeline import epoch_steps, make_tf_dataset
-    from kerasseg.layers.preprocessing import ImagePreprocessor
+    from kerasseg.config import save_config
     from kerasseg.models.segmenter import build_segmenter
-    from kerasseg.layers.prior import prior_from_masks
     from kerasseg.training.callbacks import (BestModel, Checkpoint, HistoryCSV, ScalarLogger,
                                              StopOnNonFinite, atomic_write_text)
 
     t0 = time.time()
-    ds = load_data(data)
-    cfg = resolve_config(config)
-    key = dataset or dataset_key(ds.source)
-    cfg = apply_dataset(cfg, key)
-    if epochs is not None:
-        if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
-            raise KerassegError(f"--epochs must be a positive integer, got {epochs!r}")
-        cfg["train"]["epochs"] = int(epochs)
-    if seed is not None:
-        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-            raise KerassegError(f"--seed must be a non-negative integer, got {seed!r}")
-        cfg["train"]["seed"] = int(seed)
+    ds, cfg, key, counts = _resolve(config, data, epochs, seed, dataset)
     seed = cfg["train"]["seed"]
-    if ds.size != cfg["data"]["size"]:
-        warn(f"data ROIs are {ds.size}x{ds.size}, config data.size is {cfg['data']['size']}; "
-             f"using {ds.size}")
-        cfg["data"]["size"] = ds.size
-    counts = ds.counts()
-    for split in ("train", "val"):
-        if counts[split] == 0:
-            raise KerassegError(f"the data has no {split!r} ROIs (counts {counts}); training needs "
-                                "train and val splits (best model chosen on val)", data)
 
     from kerasseg.fileio import fault_point, output_dir, staged_dir
-    from kerasseg.training.checkpoint import (discard_torn, read_latest, remove_checkpoints,
-                                              restore_model_arrays)
-    from kerasseg.training.strategy import cluster_role, eval_batch_size
+    from kerasseg.training.checkpoint import remove_checkpoints, restore_model_arrays
+    from kerasseg.training.strategy import cluster_role
 
     replicas = strategy.num_replicas_in_sync
     if replicas > counts["val"]:
@@ -184,60 +159,15 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     output_dir(out, "run folder", create=False)  # created (staged) just before training
     run_json = out / "run.json"
     backup = out / "backup"
-    recorded = {}
-    if run_json.is_file():
-        try:
-            recorded = json.loads(run_json.read_text())
-        except (OSError, ValueError):
-            recorded = {}
-    unit = read_latest(backup)
-    discard_torn(backup)
-    resuming = backup.is_dir()
-    if recorded.get("status") == "finished" and not resuming:
-        raise KerassegError("holds a finished run; choose another --out or delete it", out)
-    cfg_text_path = out / "config.yaml"
-    if resuming and cfg_text_path.is_file():
-        from kerasseg.config import to_yaml
-        if cfg_text_path.read_text() != to_yaml(cfg):
-            raise KerassegError("holds an unfinished run of a different config/options; "
-                                "use the same command to resume or another --out", out)
-    for other in (recorded.get("data_hash") if resuming else None,
-                  unit.meta.get("data_hash") if unit else None):
-        if other and other != ds.data_hash():
-            raise KerassegError(f"holds an unfinished run on other data (data hash {other}, this data "
-                                f"{ds.data_hash()}); resume with the same --data or use another --out", out)
+    unit, resuming = _open_run(out, cfg, ds)
 
     keras.utils.set_random_seed(seed)
     jit = cfg["train"]["jit_compile"]
     if not jit:  # Keras disables XLA under op determinism: one or the other
         tf.config.experimental.enable_op_determinism()
 
-    train, val = ds.subset("train"), ds.subset("val")
-    # the preprocessing layers that travel inside the saved model, fitted on the TRAIN split;
-    # the network trains on their output (computed once: the flips come after it, as before)
-    pre = ImagePreprocessor(ds.size, enhancement=cfg["data"]["enhancement"],
-                            normalization=cfg["data"]["normalization"], name="preprocessor")
-    x_tr, x_val = pre.adapt_transform(train.images)[..., 0], pre.transform(val.images)[..., 0]
-    prior = prior_from_masks(train.masks) if cfg["model"]["position_prior"] else None
-
-    bs = cfg["train"]["batch_size"]
-    if bs % replicas:
-        new = int(math.ceil(bs / replicas) * replicas)
-        warn(f"batch_size {bs} is not a multiple of the {replicas} replicas; using {new}")
-        bs = new
     start = unit.epoch if unit else 0
-    flips = cfg["data"]["flips"]
-    n_examples = len(x_tr) * (4 if flips else 1)
-    drop = 0 < n_examples % bs < replicas  # a last batch that leaves a replica empty
-    if drop:
-        warn(f"the last training batch of each epoch ({n_examples % bs} examples) is smaller than "
-             f"the {replicas} replicas; it is dropped")
-    train_ds = make_tf_dataset(x_tr, train.masks, bs, training=True, seed=seed, flips=flips,
-                               epoch=start, repeat=True, drop_remainder=drop)
-    steps = epoch_steps(len(x_tr), bs, flips=flips, drop_remainder=drop)
-    # every validation batch splits across the replicas with none empty (sums, no padding)
-    val_ds = make_tf_dataset(x_val, val.masks, eval_batch_size(len(x_val), bs, replicas),
-                             training=False)
+    pre, prior, bs, train_ds, steps, val_ds = _inputs(cfg, ds, seed, replicas, start)
 
     with strategy.scope():
         model = build_training_model(cfg, ds.size, prior)
@@ -263,7 +193,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
             atomic_write_text(tmp / "run.json", json.dumps(running))
     else:
         output_dir(out, "run folder")
-        save_config(cfg, cfg_text_path)
+        save_config(cfg, out / "config.yaml")
         if not resuming or not run_json.is_file():
             atomic_write_text(run_json, json.dumps(running))
 
@@ -300,6 +230,78 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
             status = "interrupted"
     if status == "finished":
         fault_point("fit.after_last_epoch")
+    result = _results(out, segmenter, ds, status, best.best_epoch, t0)
+    meta.update(asdict(result))
+    atomic_write_text(run_json, json.dumps(meta, indent=2))
+    if status == "finished":
+        remove_checkpoints(backup)  # run.json now says finished: the final unit is not needed
+    return result
+
+
+def _resolve(config, data, epochs, seed, dataset):
+    """``(dataset, resolved config, dataset key, split counts)`` with the CLI overrides applied."""
+    from kerasseg.config import apply_dataset, dataset_key, resolve_config
+    from kerasseg.data.sources import load_data
+
+    ds = load_data(data)
+    cfg = resolve_config(config)
+    key = dataset or dataset_key(ds.source)
+    cfg = apply_dataset(cfg, key)
+    if epochs is not None:
+        if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+            raise KerassegError(f"--epochs must be a positive integer, got {epochs!r}")
+        cfg["train"]["epochs"] = int(epochs)
+    if seed is not None:
+        if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**32:
+            raise KerassegError(f"--seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+        cfg["train"]["seed"] = int(seed)
+    if ds.size != cfg["data"]["size"]:
+        warn(f"data ROIs are {ds.size}x{ds.size}, config data.size is {cfg['data']['size']}; "
+             f"using {ds.size}")
+        cfg["data"]["size"] = ds.size
+    counts = ds.counts()
+    for split in ("train", "val"):
+        if counts[split] == 0:
+            raise KerassegError(f"the data has no {split!r} ROIs (counts {counts}); training needs "
+                                "train and val splits (best model chosen on val)", data)
+    return ds, cfg, key, counts
+
+
+def _open_run(out: Path, cfg: dict, ds):
+    """``(latest checkpoint unit or None, resuming)`` of the run folder ``out``, refusing a finished
+    run and an unfinished one of another config or other data."""
+    from kerasseg.training.checkpoint import discard_torn, read_latest
+
+    run_json, backup = out / "run.json", out / "backup"
+    recorded = {}
+    if run_json.is_file():
+        try:
+            recorded = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            recorded = {}
+    unit = read_latest(backup)
+    discard_torn(backup)
+    resuming = backup.is_dir()
+    if recorded.get("status") == "finished" and not resuming:
+        raise KerassegError("holds a finished run; choose another --out or delete it", out)
+    cfg_text_path = out / "config.yaml"
+    if resuming and cfg_text_path.is_file():
+        from kerasseg.config import to_yaml
+        if cfg_text_path.read_text() != to_yaml(cfg):
+            raise KerassegError("holds an unfinished run of a different config/options; "
+                                "use the same command to resume or another --out", out)
+    for other in (recorded.get("data_hash") if resuming else None,
+                  unit.meta.get("data_hash") if unit else None):
+        if other and other != ds.data_hash():
+            raise KerassegError(f"holds an unfinished run on other data (data hash {other}, this data "
+                                f"{ds.data_hash()}); resume with the same --data or use another --out", out)
+    return unit, resuming
+
+
+def _results(out: Path, segmenter, ds, status: str, best_epoch, t0: float) -> RunResult:
+    """Write model.keras if no epoch did, then score the saved model (the one inference graph) on
+    val and test beside the model-free baselines."""
+    train, val = ds.subset("train"), ds.subset("val")
     from kerasseg.training.callbacks import read_history
 
     hist = read_history(out / "history.csv")
@@ -315,7 +317,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     saved, _ = load_run(out)
     val_dice = _dice(saved, val.images, val.masks)
     test_dice = otsu = prior_d = None
-    if counts["test"]:
+    if ds.counts()["test"]:
         from kerasseg.training.baselines import otsu_dice, prior_dice
 
         test = ds.subset("test")
@@ -323,11 +325,43 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
         otsu = otsu_dice(test.images, test.masks)
         prior_d = prior_dice(train.masks, test.masks)
     result = RunResult(run_dir=str(out), status=status, epochs_run=len(hist),
-                       best_epoch=best.best_epoch, val_dice=val_dice, test_dice=test_dice,
+                       best_epoch=best_epoch, val_dice=val_dice, test_dice=test_dice,
                        seconds=round(time.time() - t0, 1), otsu_test_dice=otsu,
                        prior_test_dice=prior_d)
-    meta.update(asdict(result))
-    atomic_write_text(run_json, json.dumps(meta, indent=2))
-    if status == "finished":
-        remove_checkpoints(backup)  # run.json now says finished: the final unit is not needed
     return result
+
+
+def _inputs(cfg: dict, ds, seed: int, replicas: int, start: int):
+    """The preprocessing (fitted on the TRAIN split), the position prior, the global batch size and
+    the train (endless, from epoch ``start``) and validation tf.data pipelines."""
+    from kerasseg.data.pipeline import epoch_steps, make_tf_dataset
+    from kerasseg.layers.preprocessing import ImagePreprocessor
+    from kerasseg.layers.prior import prior_from_masks
+    from kerasseg.training.strategy import eval_batch_size
+
+    train, val = ds.subset("train"), ds.subset("val")
+    # the preprocessing layers that travel inside the saved model, fitted on the TRAIN split;
+    # the network trains on their output (computed once: the flips come after it, as before)
+    pre = ImagePreprocessor(ds.size, enhancement=cfg["data"]["enhancement"],
+                            normalization=cfg["data"]["normalization"], name="preprocessor")
+    x_tr, x_val = pre.adapt_transform(train.images)[..., 0], pre.transform(val.images)[..., 0]
+    prior = prior_from_masks(train.masks) if cfg["model"]["position_prior"] else None
+
+    bs = cfg["train"]["batch_size"]
+    if bs % replicas:
+        new = int(math.ceil(bs / replicas) * replicas)
+        warn(f"batch_size {bs} is not a multiple of the {replicas} replicas; using {new}")
+        bs = new
+    flips = cfg["data"]["flips"]
+    n_examples = len(x_tr) * (4 if flips else 1)
+    drop = 0 < n_examples % bs < replicas  # a last batch that leaves a replica empty
+    if drop:
+        warn(f"the last training batch of each epoch ({n_examples % bs} examples) is smaller than "
+             f"the {replicas} replicas; it is dropped")
+    train_ds = make_tf_dataset(x_tr, train.masks, bs, training=True, seed=seed, flips=flips,
+                               epoch=start, repeat=True, drop_remainder=drop)
+    steps = epoch_steps(len(x_tr), bs, flips=flips, drop_remainder=drop)
+    # every validation batch splits across the replicas with none empty (sums, no padding)
+    val_ds = make_tf_dataset(x_val, val.masks, eval_batch_size(len(x_val), bs, replicas),
+                             training=False)
+    return pre, prior, bs, train_ds, steps, val_ds

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasseg.errors import KerassegError
+from kerasseg.fileio import write_json
 from kerasseg.training.run import CV_KIND, NO_POSTPROCESSING
 
 
@@ -72,12 +73,6 @@ def fold_labels(split, groups, k: int, seed: int) -> np.ndarray:
 
 def _groups_hash(groups) -> str:
     return hashlib.sha256("\x00".join(np.asarray(groups).astype(str).tolist()).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, obj) -> None:
-    from kerasseg.fileio import atomic_write_text
-
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def _per_roi_dice(pred, masks) -> np.ndarray:
@@ -162,8 +157,8 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
     t0 = time.time()
     ds = load_data(data)
     cfg = resolve_config(config)
-    if seed is not None and (isinstance(seed, bool) or int(seed) != seed or seed < 0):
-        raise KerassegError(f"--seed must be a non-negative integer, got {seed!r}")
+    if seed is not None and (isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**32):
+        raise KerassegError(f"--seed must be an integer in [0, 2**32 - 1], got {seed!r}")
     seed = int(cfg["train"]["seed"] if seed is None else seed)
     groups = ds.groups()
     if ds.group is None:
@@ -180,7 +175,7 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
     state = {**expect, "status": "running", "data": str(data or "phantom"),
              "n_groups": int(len(set(groups[fold > 0].tolist()))), "n_pool": int((fold > 0).sum()),
              "n_test": int((fold == 0).sum())}
-    _write_json(out / "cv.json", state)
+    write_json(out / "cv.json", state)
 
     (out / "data").mkdir(exist_ok=True)
     fold_runs = []
@@ -227,11 +222,10 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
         entry.update({"oof_dice": float(dice[sel].mean()), "prior_dice": float(d_prior[sel].mean()),
                       "otsu_dice": float(d_otsu[sel].mean())})
     fold_means = np.array([e["oof_dice"] for e in per_fold])
-    from kerasseg.fileio import atomic_write
+    from kerasseg.fileio import write_npz
 
-    atomic_write(out / "oof.npz", lambda fh: np.savez_compressed(
-        fh, ids=ds.ids[pool], fold=fold_pool, prob=prob[pool], mask=ds.masks[pool], pred=pred[pool],
-        dice=dice, prior_dice=d_prior, otsu_dice=d_otsu, group=groups[pool]), mode="wb")
+    write_npz(out / "oof.npz", ids=ds.ids[pool], fold=fold_pool, prob=prob[pool], mask=ds.masks[pool],
+              pred=pred[pool], dice=dice, prior_dice=d_prior, otsu_dice=d_otsu, group=groups[pool])
 
     test = None
     if (fold == 0).any():
@@ -248,7 +242,7 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
         "test": test,
         "seconds": round(time.time() - t0, 1),
     })
-    _write_json(out / "cv.json", state)
+    write_json(out / "cv.json", state)
     return CVResult(str(out), k_folds, float(dice.mean()), float(fold_means.mean()),
                     float(fold_means.std()), float(d_prior.mean()), float(d_otsu.mean()), choice,
                     test, per_fold)

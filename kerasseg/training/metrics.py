@@ -12,15 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
-#: a pixel is mass when the final output's mass probability is >= THRESHOLD
-THRESHOLD = 0.5
-
-
-def binarize(prob):
-    """``prob >= THRESHOLD`` as uint8 (NumPy in, NumPy out; tensor in, tensor out)."""
-    if isinstance(prob, np.ndarray):
-        return (prob >= THRESHOLD).astype(np.uint8)
-    return ops.cast(ops.greater_equal(prob, THRESHOLD), "uint8")
+# the one threshold is defined with the mask post-processing (the inference graph in models uses it)
+from kerasseg.layers.postprocessing import THRESHOLD, binarize  # noqa: E402,F401
 
 
 def dice_per_image(pred, true):

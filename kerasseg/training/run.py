@@ -39,7 +39,11 @@ def load_model_file(path):
 
     import kerasseg.models  # noqa: F401  (registers the custom layers)
 
+    import zipfile
+
     path = Path(path)
+    if not zipfile.is_zipfile(path):  # Keras says "File not found" for a file that is there
+        raise KerassegError("cannot load model: not a .keras file (not a zip archive: corrupt, truncated or empty)", path)
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - any failure to read is a user-facing problem
@@ -111,6 +115,9 @@ def read_cv(folds_dir) -> dict:
         raise KerassegError(f"cannot read cv.json ({exc.__class__.__name__})", path) from None
     if not isinstance(cv, dict) or cv.get("kind") != CV_KIND:
         raise KerassegError(f"not a kerasseg cross-validation file (kind != {CV_KIND!r})", path)
+    folds = cv.get("folds")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise KerassegError(f"'folds' must be a positive integer, got {folds!r}", path)
     return cv
 
 

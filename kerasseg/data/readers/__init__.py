@@ -74,5 +74,5 @@ def prepare(source: str, src, *, size: int = 40, margin: float = 0.0, split: str
         records = tqdm(records, desc=f"reading {source}", unit="image", leave=False)
     ds = build_dataset(records, size=int(size), margin=float(margin), mirror=mirror, split=split,
                        seed=int(seed), test_fraction=test_fraction, val_fraction=val_fraction,
-                       source=source, summary=summary, default_split=DEFAULT_SPLIT[source])
+                       source=source, summary=summary, default_split=DEFAULT_SPLIT[source], src=src)
     return ds, summary

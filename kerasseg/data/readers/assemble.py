@@ -16,7 +16,7 @@ from kerasseg.errors import KerassegError
 
 
 def build_dataset(records, *, size=40, margin=0.0, mirror=False, split="auto", seed=0,
-                  test_fraction=0.5, val_fraction=0.1, source="unknown", summary=None,
+                  test_fraction=0.5, val_fraction=0.1, source="unknown", summary=None, src=None,
                   default_split="random") -> ROIDataset:
     """Crop every mass of every record and assign splits; see :func:`kerasseg.data.readers.prepare`."""
     summary = summary if summary is not None else Summary()
@@ -48,7 +48,10 @@ def build_dataset(records, *, size=40, margin=0.0, mirror=False, split="auto", s
             summary.masses += 1
     n = len(images)
     if n == 0:
-        raise KerassegError("no masses found (empty result)")
+        skipped = summary.skipped
+        why = (f" ({len(skipped)} file(s) skipped, first: {skipped[0][0]}: {skipped[0][1]})" if skipped
+               else "")
+        raise KerassegError(f"no masses found (empty result){why}", src)
     method = default_split if split == "auto" else split
     if method == "official":
         missing = [i for i, o in zip(ids, official) if o not in ("train", "test")]

@@ -51,6 +51,9 @@ def read_mass_polygons(xml_path) -> list[np.ndarray]:
             if not isinstance(roi, dict) or str(roi.get("Name", "")).strip().lower() != "mass":
                 continue
             pts = roi.get("Point_px", [])
+            if not isinstance(pts, list):
+                raise KerassegError(f"Mass ROI #{len(polygons) + 1}: Point_px is not a list of \"(x, y)\" "
+                                    f"strings (got {type(pts).__name__})", xml_path)
             points = np.array([parse_point(p, xml_path) for p in pts], dtype=np.float64).reshape(-1, 2)
             if len(points) < 3:
                 raise KerassegError(

@@ -49,7 +49,7 @@ import tensorflow as tf
 from kerasseg.errors import KerassegError
 from kerasseg.layers.crf.backend import GridOptions, last_label_messages, static_bandwidth
 from kerasseg.layers.crf.grid_plans import (
-    _check_theta, _depthwise_1d, _static_hw, bilateral_grid_shape, bilateral_plan, intensity_plan,
+    check_theta, depthwise_1d, static_hw, bilateral_grid_shape, bilateral_plan, intensity_plan,
 )
 from kerasseg.layers.crf.mean_field import MeanFieldMixin
 
@@ -81,7 +81,7 @@ def spatial_kernel_radius(theta, size, truncate=DEFAULT_TRUNCATE):
         >>> spatial_kernel_radius(3.0, 512), spatial_kernel_radius(3.0, 10)
         (16, 9)
     """
-    theta = _check_theta("spatial theta", theta)
+    theta = check_theta("spatial theta", theta)
     return int(min(math.ceil(truncate * theta), max(size - 1, 0)))
 
 
@@ -110,15 +110,15 @@ def spatial_message(q, theta, truncate=DEFAULT_TRUNCATE):
         (1, 40, 40, 2)
     """
     q = tf.convert_to_tensor(q)
-    h, w, _ = _static_hw(q)
-    theta = _check_theta("spatial theta", theta)
+    h, w, _ = static_hw(q)
+    theta = check_theta("spatial theta", theta)
     dtype = q.dtype
     x = tf.cast(q, tf.float32)
     ry = spatial_kernel_radius(theta, h, truncate)
     rx = spatial_kernel_radius(theta, w, truncate)
     ky = np.exp(-np.arange(-ry, ry + 1, dtype=np.float64) ** 2 / (2 * theta**2))
     kx = np.exp(-np.arange(-rx, rx + 1, dtype=np.float64) ** 2 / (2 * theta**2))
-    out = _depthwise_1d(_depthwise_1d(x, ky, 1), kx, 2)
+    out = depthwise_1d(depthwise_1d(x, ky, 1), kx, 2)
     return tf.cast(out - x, dtype)  # centre weight exp(0) * exp(0) = 1
 
 
@@ -164,7 +164,7 @@ def intensity_message(q, image, theta, *, oversample=4.0, bins=128):
         (1, 40, 40, 2)
     """
     q = tf.convert_to_tensor(q)
-    _static_hw(q)
+    static_hw(q)
     return intensity_plan(image, theta, oversample=oversample, bins=bins)(q)
 
 
@@ -199,7 +199,7 @@ def bilateral_message(q, image, theta_alpha, theta_beta, *, spatial_oversample=2
         (1, 40, 40, 2)
     """
     q = tf.convert_to_tensor(q)
-    _static_hw(q)
+    static_hw(q)
     plan = bilateral_plan(image, theta_alpha, theta_beta, spatial_oversample=spatial_oversample,
                           range_oversample=range_oversample, range_bins=range_bins, truncate=truncate)
     return plan(q)

@@ -18,7 +18,7 @@ from kerasseg.errors import KerassegError
 __all__ = ["bilateral_grid_shape", "bilateral_plan", "intensity_plan"]
 
 
-def _check_theta(name, value):
+def check_theta(name, value):
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -28,7 +28,7 @@ def _check_theta(name, value):
     return value
 
 
-def _static_hw(q):
+def static_hw(q):
     shape = q.shape
     if shape.rank != 4 or shape[1] is None or shape[2] is None or shape[3] is None:
         raise KerassegError(
@@ -59,7 +59,7 @@ def _banded(n, taps):
     return mat.astype(np.float32)
 
 
-def _depthwise_1d(x, taps, axis):
+def depthwise_1d(x, taps, axis):
     """Zero-padded 1-D filtering of every channel of a (B, H, W, C) tensor along axis 1 or 2.
 
     Few channels and an axis at most 16 kernel widths long: a banded matmul (CPU matmuls are
@@ -137,7 +137,7 @@ class _Splat:
 
     def __call__(self, q):
         q = tf.convert_to_tensor(q)
-        h, w, c = _static_hw(q)
+        h, w, c = static_hw(q)
         if (h, w) != (self.h, self.w):
             raise KerassegError(f"label map {(h, w)} does not match the prepared image {(self.h, self.w)}")
         dtype = q.dtype
@@ -172,7 +172,7 @@ def intensity_plan(image, theta, *, oversample=4.0, bins=128):
         >>> tuple(plan(tf.ones((1, 40, 40, 2))).shape)
         (1, 40, 40, 2)
     """
-    theta = _check_theta("intensity theta", theta)
+    theta = check_theta("intensity theta", theta)
     bins = int(bins)
     if bins < 4:
         raise KerassegError(f"intensity bins must be >= 4, got {bins}")
@@ -215,7 +215,7 @@ def bilateral_grid_shape(height, width, theta_alpha, *, spatial_oversample=2.0, 
         >>> bilateral_grid_shape(40, 40, 5.0)
         (15, 15, 32)
     """
-    theta_alpha = _check_theta("bilateral spatial theta", theta_alpha)
+    theta_alpha = check_theta("bilateral spatial theta", theta_alpha)
     step = _spatial_step(theta_alpha, spatial_oversample)
     return ((height - 1) // step + 2, (width - 1) // step + 2, int(range_bins))
 
@@ -241,8 +241,8 @@ def bilateral_plan(image, theta_alpha, theta_beta, *, spatial_oversample=2.0, ra
         >>> tuple(plan(tf.ones((1, 40, 40, 2))).shape)
         (1, 40, 40, 2)
     """
-    ta = _check_theta("bilateral spatial theta", theta_alpha)
-    tb = _check_theta("bilateral intensity theta", theta_beta)
+    ta = check_theta("bilateral spatial theta", theta_alpha)
+    tb = check_theta("bilateral intensity theta", theta_beta)
     gz = int(range_bins)
     if gz < 4:
         raise KerassegError(f"bilateral range_bins must be >= 4, got {gz}")
@@ -309,7 +309,7 @@ def bilateral_plan(image, theta_alpha, theta_beta, *, spatial_oversample=2.0, ra
 
     def blur(grid, c):
         g = tf.reshape(grid, [batch, gy, gx, gz * c])
-        g = _depthwise_1d(_depthwise_1d(g, taps, 1), taps, 2)
+        g = depthwise_1d(depthwise_1d(g, taps, 1), taps, 2)
         g = tf.reshape(g, [batch, gy * gx, gz, c])
         return tf.einsum("bzk,bnkc->bnzc", mat, g)
 
