@@ -39,7 +39,8 @@ def export_cmd(source, out, version, force, tta):
               help="Test-time augmentation: none, flips (4) or dihedral (8); not for an export (built in).")
 def predict_cmd(model, inputs, roi, mask_hint, out, tta):
     """Segment INPUT... (DICOM, PNG/TIFF or .npz) with MODEL (run dir, .keras, folds dir or TF Serving export)."""
-    from kerasseg.export.predict import parse_roi, predict_inputs
+    from kerasseg.export.predict import predict_inputs
+    from kerasseg.export.roi_input import parse_roi
 
     if roi is not None and mask_hint is not None:
         raise KerassegError("give either --roi or --mask-hint, not both")

@@ -10,7 +10,8 @@ from skimage.measure import perimeter
 
 from kerasseg.errors import KerassegError
 from kerasseg.export import Segmenter, export_model, predict_inputs
-from kerasseg.export.predict import box_from_hint, check_box, parse_roi, read_image
+from kerasseg.data.imageio import read_image
+from kerasseg.export.roi_input import box_from_hint, check_box, parse_roi
 from fixtures_data import write_dicom
 from test_export_common import keras_reference, tiny_model, tiny_segmenter
 
@@ -286,7 +287,7 @@ def test_predict_folds_dir_with_tta_cli(folds, mammogram, tmp_path):
     import keras
 
     from kerasseg.cli.main import cli
-    from kerasseg.export.predict import uncertainty_to_uint8
+    from kerasseg.export.outputs import uncertainty_to_uint8
     from kerasseg.models.ensemble import ensemble_function
     from test_export_ensemble import POST
 

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasseg.data.imageio import Image2D, read_image  # noqa: F401 - the one reader, shared with data prepare
-from kerasseg.fileio import atomic_path, output_dir, write_json
+from kerasseg.data.imageio import read_image  # the one reader, shared with data prepare
 from kerasseg.errors import KerassegError
+from kerasseg.export.outputs import measure, overlay, uncertainty_to_uint8, write_png
+from kerasseg.export.roi_input import box_from_hint, check_box, parse_roi
+from kerasseg.fileio import output_dir, write_json, write_npz
 
 
 # --------------------------------------------------------------------------- the segmenter
@@ -104,107 +106,6 @@ class Segmenter:
 # Images are read by kerasseg.data.imageio.read_image (imported above), the reader data prepare uses.
 
 
-def parse_roi(text: str) -> tuple[int, int, int, int]:
-    """Parse ``"x0,y0,x1,y1"`` into ints; KerassegError if malformed."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        box = tuple(int(p) for p in parts)
-    except ValueError:
-        box = ()
-    if len(box) != 4:
-        raise KerassegError(f"--roi must be four integers x0,y0,x1,y1, got {text!r}")
-    return box
-
-
-def check_box(box, shape, path=None) -> tuple[int, int, int, int]:
-    """Validate box (x0, y0, x1, y1; x1/y1 exclusive) against an image of ``shape`` (H, W)."""
-    x0, y0, x1, y1 = (int(v) for v in box)
-    h, w = shape
-    if x1 <= x0 or y1 <= y0:
-        raise KerassegError(f"ROI {x0},{y0},{x1},{y1} is empty (need x0 < x1 and y0 < y1)", path)
-    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-        raise KerassegError(f"ROI {x0},{y0},{x1},{y1} is outside the image ({w} x {h} pixels, x = column)", path)
-    return x0, y0, x1, y1
-
-
-def box_from_hint(hint: np.ndarray, shape, path=None) -> tuple[int, int, int, int]:
-    """Bounding box (x0, y0, x1, y1; exclusive ends) of the non-zero pixels of a hint mask."""
-    if hint.shape != tuple(shape):
-        raise KerassegError(f"hint mask shape {hint.shape} differs from the image shape {tuple(shape)}", path)
-    rows = np.flatnonzero(np.any(hint != 0, axis=1))
-    cols = np.flatnonzero(np.any(hint != 0, axis=0))
-    if rows.size == 0:
-        raise KerassegError("hint mask is empty (no non-zero pixel), so it gives no ROI", path)
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-# --------------------------------------------------------------------------- measurements and writing
-def measure(mask: np.ndarray, spacing_mm=None) -> dict:
-    """Area (px and mm^2) and perimeter (px and mm for isotropic spacing) of a binary mask."""
-    from skimage.measure import perimeter
-
-    mask = np.asarray(mask).astype(bool)
-    area = int(mask.sum())
-    perim = float(perimeter(mask)) if area else 0.0
-    out = {"area_px": area, "perimeter_px": perim, "area_mm2": None, "perimeter_mm": None}
-    if spacing_mm is not None:
-        sr, sc = (float(spacing_mm), float(spacing_mm)) if np.isscalar(spacing_mm) else map(float, spacing_mm)
-        out["area_mm2"] = area * sr * sc
-        if np.isclose(sr, sc):
-            out["perimeter_mm"] = perim * sr
-    return out
-
-
-def _atomic(path: Path, writer) -> None:
-    """``writer(tmp_path)``; the temp path keeps the suffix so writers pick the format by it."""
-    with atomic_path(path, suffix=Path(path).suffix) as tmp:
-        writer(tmp)
-
-
-def write_png(path, arr) -> None:
-    import skimage.io
-
-    _atomic(Path(path), lambda tmp: skimage.io.imsave(tmp, np.asarray(arr), check_contrast=False))
-
-
-def uncertainty_to_uint8(std: np.ndarray) -> np.ndarray:
-    """Uncertainty map (std of probabilities, in [0, 0.5]) -> uint8 ``round(255 * std / 0.5)``."""
-    return np.clip(np.round(np.asarray(std, np.float64) * 510.0), 0, 255).astype(np.uint8)
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """Grey image to uint8 with a 0.5-99.5 percentile window."""
-    img = np.asarray(img, dtype=np.float64)
-    lo, hi = np.percentile(img, [0.5, 99.5]) if img.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return (np.clip((img - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
-
-
-def overlay(img: np.ndarray, mask: np.ndarray, box=None) -> np.ndarray:
-    """RGB uint8: the grey image, the mask tinted red, the mask's border and the ROI box in yellow."""
-    grey = to_uint8(img).astype(np.float64)
-    rgb = np.stack([grey] * 3, axis=-1)
-    m = np.asarray(mask).astype(bool)
-    rgb[m] = 0.55 * rgb[m] + 0.45 * np.array([255.0, 0.0, 0.0])
-    if m.any():
-        inner = m.copy()
-        inner[1:, :] &= m[:-1, :]
-        inner[:-1, :] &= m[1:, :]
-        inner[:, 1:] &= m[:, :-1]
-        inner[:, :-1] &= m[:, 1:]
-        rgb[m & ~inner] = (255.0, 60.0, 60.0)
-    if box is not None:
-        x0, y0, x1, y1 = box
-        yellow = (255.0, 220.0, 0.0)
-        rgb[y0, x0:x1] = yellow
-        rgb[y1 - 1, x0:x1] = yellow
-        rgb[y0:y1, x0] = yellow
-        rgb[y0:y1, x1 - 1] = yellow
-    return rgb.round().astype(np.uint8)
-
-
-# --------------------------------------------------------------------------- one input
 def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None) -> dict:
     """Segment one DICOM/PNG/TIFF image; writes mask, overlay and JSON into ``out_dir``; returns the JSON dict."""
     path = Path(path)
@@ -269,12 +170,7 @@ def predict_npz(segmenter, path, out_dir) -> dict:
     output_dir(out_dir)
     pred_path = out_dir / f"{path.stem}_predictions.npz"
 
-    def _w(tmp):
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, ids=ds.ids, prob=prob, pred=pred, uncertainty=unc,
-                                data_hash=np.array(ds.data_hash()))
-
-    _atomic(pred_path, _w)
+    write_npz(pred_path, ids=ds.ids, prob=prob, pred=pred, uncertainty=unc, data_hash=np.array(ds.data_hash()))
     rois = []
     for i, rid in enumerate(ds.ids):
         spacing = None if ds.spacing_mm is None else float(ds.spacing_mm[i])

@@ -1,0 +1,42 @@
+"""Where the ROI of a whole image is: a box ``x0,y0,x1,y1`` from the command line or the bounding
+box of a hint mask, checked against the image (one-line errors naming the input)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kerasseg.errors import KerassegError
+
+
+def parse_roi(text: str) -> tuple[int, int, int, int]:
+    """Parse ``"x0,y0,x1,y1"`` into ints; KerassegError if malformed."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        box = tuple(int(p) for p in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise KerassegError(f"--roi must be four integers x0,y0,x1,y1, got {text!r}")
+    return box
+
+
+def check_box(box, shape, path=None) -> tuple[int, int, int, int]:
+    """Validate box (x0, y0, x1, y1; x1/y1 exclusive) against an image of ``shape`` (H, W)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    h, w = shape
+    if x1 <= x0 or y1 <= y0:
+        raise KerassegError(f"ROI {x0},{y0},{x1},{y1} is empty (need x0 < x1 and y0 < y1)", path)
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise KerassegError(f"ROI {x0},{y0},{x1},{y1} is outside the image ({w} x {h} pixels, x = column)", path)
+    return x0, y0, x1, y1
+
+
+def box_from_hint(hint: np.ndarray, shape, path=None) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1; exclusive ends) of the non-zero pixels of a hint mask."""
+    if hint.shape != tuple(shape):
+        raise KerassegError(f"hint mask shape {hint.shape} differs from the image shape {tuple(shape)}", path)
+    rows = np.flatnonzero(np.any(hint != 0, axis=1))
+    cols = np.flatnonzero(np.any(hint != 0, axis=0))
+    if rows.size == 0:
+        raise KerassegError("hint mask is empty (no non-zero pixel), so it gives no ROI", path)
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
