@@ -295,7 +295,16 @@ def test_prepare_and_predict_use_the_same_reader(tmp_path):
     from kerasseg.data.readers import cbis, ddsm, folder, inbreast
     from kerasseg.export import predict
 
-    assert predict.read_image is imageio.read_image and predict.Image2D is imageio.Image2D
+    import inspect
+
+    from kerasseg.export import outputs, roi_input
+
+    assert predict.read_image is imageio.read_image
+    # no second reader anywhere in export: nothing defined there reads images or decodes pixels
+    for mod in (predict, outputs, roi_input):
+        own = [n for n, o in vars(mod).items() if (inspect.isfunction(o) or inspect.isclass(o))
+               and o.__module__ == mod.__name__]
+        assert not [n for n in own if "read" in n.lower() or "dicom" in n.lower()], own
     assert folder.read_image is imageio.read_image and ddsm.read_image is imageio.read_image
     assert inbreast.read_dicom is imageio.read_dicom and cbis.read_dicom is imageio.read_dicom
 
