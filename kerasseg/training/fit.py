@@ -89,6 +89,9 @@ def build_training_model(cfg: dict, input_size: int, prior=None):
                               epsilon=cfg["train"]["epsilon"])
     model.compile(optimizer=_optimizer(cfg))
     model(np.zeros((1, input_size, input_size, 1), np.float32))  # build (a checkpoint restore needs it)
+    # the optimizer's slots exist before the first step: created inside the traced train step they
+    # make tf.function trace that step twice (several seconds for the CRF rows)
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -314,7 +317,10 @@ def _results(out: Path, segmenter, ds, status: str, best_epoch, t0: float) -> Ru
             raise KerassegError(f"cannot write model.keras ({exc.strerror or exc})", out) from None
     from kerasseg.training.run import load_run
 
+    from kerasseg.models.segmenter import segment_function
+
     saved, _ = load_run(out)
+    saved = segment_function(saved)  # traced once, scored on val and test
     val_dice = _dice(saved, val.images, val.masks)
     test_dice = otsu = prior_d = None
     if ds.counts()["test"]:
