@@ -60,18 +60,12 @@ def prepare_cmd(source, src, out, size, margin, split, seed, test_fraction, val_
     with warnings.catch_warnings():
         # readers report recoverable problems in the summary printed below
         warnings.simplefilter("ignore", KerassegWarning)
-        if source == "phantom":
-            from kerasseg.data.phantom import make_phantom
-
-            ds = make_phantom(n_train=n_train, n_val=n_val, n_test=n_test, size=size, seed=seed)
-            lines = [f"generated {len(ds)} phantom ROI(s)"]
-        else:
-            ds, summary = prepare(source, src, size=size, margin=margin, split=split, seed=seed, mirror=mirror,
-                                  ready_rois=ready_rois, test_fraction=test_fraction, val_fraction=val_fraction,
-                                  train_list=train_list, test_list=test_list, progress=progress)
-            lines = summary.lines()
+        options = {"n_train": n_train, "n_val": n_val, "n_test": n_test} if source == "phantom" else {}
+        ds, summary = prepare(source, src, size=size, margin=margin, split=split, seed=seed, mirror=mirror,
+                              ready_rois=ready_rois, test_fraction=test_fraction, val_fraction=val_fraction,
+                              train_list=train_list, test_list=test_list, progress=progress, **options)
     path = save_npz(ds, out)
-    for line in lines:
+    for line in summary.lines():
         click.echo(line)
     counts = ds.counts()
     click.echo(f"wrote {path}: {len(ds)} ROI(s) of {ds.size}x{ds.size} "

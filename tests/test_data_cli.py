@@ -167,3 +167,25 @@ def test_ddsm_missing_image_error_through_cli(tmp_path):
     assert res.exit_code == 1
     assert f"Error: {tmp_path / 'case0001' / 'A_0001_1.LEFT_CC.LJPEG'}: no decoded image" in res.output
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_cli_choices_are_the_library_registries():
+    """The CLI lists its choices without importing the readers (fast start); they must be the registry's."""
+    from kerasseg.cli import data_cmds
+    from kerasseg.data import splits
+    from kerasseg.data.readers import SOURCES
+
+    assert data_cmds.SOURCES == SOURCES
+    assert data_cmds.SPLITS == ("auto",) + tuple(splits.METHODS)
+
+
+def test_phantom_reader_takes_split_counts():
+    """``data prepare phantom`` is the registry's phantom reader: the counts reach make_phantom."""
+    from kerasseg.data.phantom import make_phantom
+    from kerasseg.data.readers import prepare
+
+    ds, summary = prepare("phantom", "-", size=24, seed=3, n_train=4, n_val=2, n_test=1)
+    assert ds.counts() == {"train": 4, "val": 2, "test": 1}
+    ref = make_phantom(n_train=4, n_val=2, n_test=1, size=24, seed=3)
+    np.testing.assert_array_equal(ds.images, ref.images)
+    assert summary.lines() == ["generated 7 phantom ROI(s)"]

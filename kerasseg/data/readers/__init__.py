@@ -47,8 +47,10 @@ def check_output(path):
 def prepare(source: str, src, *, size: int = 40, margin: float = 0.0, split: str = "auto",
             seed: int = 0, mirror: bool = False, ready_rois: bool = False,
             test_fraction: float = 0.5, val_fraction: float = 0.1,
-            train_list=None, test_list=None, progress: bool = False):
+            train_list=None, test_list=None, progress: bool = False, **source_options):
     """Read ``src`` as ``source`` and return ``(ROIDataset, Summary)``.
+
+    ``source_options`` go to the reader alone (the phantom's ``n_train`` / ``n_val`` / ``n_test``).
 
     ``split``: "auto" (the source's default: inbreast "protocol", ddsm-bcrp and cbis-ddsm
     "official", folder "random"), "protocol", "official", "patient" or "random"; see
@@ -65,7 +67,7 @@ def prepare(source: str, src, *, size: int = 40, margin: float = 0.0, split: str
         raise KerassegError(f"unknown split {split!r}; choose auto or one of {list(splits_mod.METHODS)}")
     summary = Summary()
     records = reader(src, summary, size=int(size), seed=int(seed), ready_rois=ready_rois,
-                     train_list=train_list, test_list=test_list)
+                     train_list=train_list, test_list=test_list, **source_options)
     if isinstance(records, ROIDataset):  # a reader of finished ROIs (the phantom)
         return records, summary
     if progress:

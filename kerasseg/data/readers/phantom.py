@@ -10,8 +10,11 @@ from kerasseg.data.dataset import ROIDataset
 from kerasseg.data.phantom import make_phantom
 
 
-def read_phantom(src, summary, *, size: int = 40, seed: int = 0, **_options) -> ROIDataset:
-    """The phantom dataset (default split sizes) at ``size`` x ``size`` from ``seed``; counts go to ``summary``."""
-    ds = make_phantom(size=int(size), seed=int(seed))
+def read_phantom(src, summary, *, size: int = 40, seed: int = 0, n_train: int = 58, n_val: int = 12,
+                 n_test: int = 58, **_options) -> ROIDataset:
+    """The phantom dataset at ``size`` x ``size`` from ``seed`` with ``n_train`` / ``n_val`` / ``n_test``
+    ROIs per split (the defaults are the README run's); counts go to ``summary``."""
+    ds = make_phantom(n_train=int(n_train), n_val=int(n_val), n_test=int(n_test), size=int(size), seed=int(seed))
     summary.images = summary.masses = len(ds)
+    summary.generated = True
     return ds

@@ -37,6 +37,7 @@ class Summary:
     masses: int = 0
     skipped: list = field(default_factory=list)   # [(path, reason)]
     warnings: list = field(default_factory=list)  # [message]
+    generated: bool = False  # the ROIs were generated (the phantom), not read from files
 
     def skip(self, path, reason: str) -> None:
         self.skipped.append((str(path), reason))
@@ -47,6 +48,8 @@ class Summary:
         warnings.warn(f"{path}: {message}", KerassegWarning, stacklevel=2)
 
     def lines(self) -> list[str]:
+        if self.generated:
+            return [f"generated {self.masses} phantom ROI(s)"]
         out = [f"read {self.masses} mass(es) from {self.images} image(s)"]
         if self.skipped:
             out.append(f"skipped {len(self.skipped)} file(s):")
