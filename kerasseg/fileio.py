@@ -4,6 +4,7 @@ and is renamed into place, so a reader (or a crash) never sees a half-written fi
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,6 +178,27 @@ def remove_tree(path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_leftovers(folder, pattern: str, min_age_s: float = 600.0) -> None:
+    """Delete the hidden folders a killed command left in ``folder``: entries whose name matches the
+    regular expression ``pattern`` and that were untouched for ``min_age_s`` seconds (a command
+    running concurrently into the same place keeps its own). Errors are ignored."""
+    import re
+    import shutil
+    import time
+
+    rx, now = re.compile(pattern), time.time()
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return
+    for p in entries:
+        try:
+            if p.is_dir() and rx.match(p.name) and now - p.stat().st_mtime > min_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
 @contextmanager
 def staged_dir(target, *, replace: bool = False, what: str = "output folder"):
     """Build a multi-file output in a hidden temporary folder and rename it onto ``target``.
@@ -201,6 +223,7 @@ def staged_dir(target, *, replace: bool = False, what: str = "output folder"):
     output_dir(parent, what)
     if target.exists() and not replace:
         raise KerassegError(f"{what} already exists", target)
+    remove_leftovers(parent, r"^\." + re.escape(target.name) + r"\.(staged|old)-")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.staged-", dir=parent))
     except OSError as exc:
@@ -208,11 +231,7 @@ def staged_dir(target, *, replace: bool = False, what: str = "output folder"):
     try:
         os.chmod(tmp, _umask_mode(0o777))  # mkdtemp creates 0700
         yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        fsync_dir(tmp)
+        _fsync_files(tmp)
         if target.exists():
             if not replace:
                 raise KerassegError(f"{what} appeared while it was being built", target)
@@ -232,6 +251,57 @@ def staged_dir(target, *, replace: bool = False, what: str = "output folder"):
         raise
 
 
+def _fsync_files(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(folder)
+
+
+@contextmanager
+def staged_update(target, *, commit: str, owned=(), what: str = "output folder"):
+    """Replace a set of files inside an existing folder ``target`` as one unit.
+
+    Yields a hidden temporary folder inside ``target``; the block writes the complete new set
+    there. Nothing in ``target`` changes until the block succeeds (on failure the temporary folder
+    is removed and the old files are untouched). Then the old ``commit`` file (the set's record,
+    e.g. ``metrics.json``) is removed first, the other new files are renamed in, files named in
+    ``owned`` that the new set does not contain are removed (no stale figure of an older run), and
+    the new ``commit`` file is renamed in last. At every instant ``target`` therefore holds either
+    the complete old set, or the complete new set, or a set without its ``commit`` file, which
+    readers refuse; files of ``target`` outside ``owned`` (a compare result beside a report) are
+    kept. ``OSError`` becomes a one-line :class:`KerassegError` naming ``target``.
+    """
+    target = output_dir(target, what)
+    remove_leftovers(target, r"^\.staged-")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".staged-", dir=target))
+    except OSError as exc:
+        raise KerassegError(f"cannot write into the {what} ({exc.strerror or exc})", target) from None
+    try:
+        yield tmp
+        new = sorted(f.name for f in tmp.iterdir())
+        if commit not in new:
+            raise KerassegError(f"internal: the new set has no {commit}", target)
+        _fsync_files(tmp)
+        (target / commit).unlink(missing_ok=True)
+        fsync_dir(target)
+        fault_point("staged_update.uncommitted")
+        for name in new:
+            if name != commit:
+                os.replace(tmp / name, target / name)
+        for name in owned:
+            if name not in new and name != commit:
+                (target / name).unlink(missing_ok=True)
+        os.replace(tmp / commit, target / commit)
+        fsync_dir(target)
+    except OSError as exc:
+        raise KerassegError(f"cannot write into the {what} ({exc.strerror or exc})", target) from None
+    finally:
+        remove_tree(tmp)
+
+
 #: environment variable naming the fault point at which :func:`fault_point` kills the process
 FAULT_ENV = "KERASSEG_FAULT"
 _fault_hits: dict[str, int] = {}
@@ -246,7 +316,8 @@ def fault_point(name: str) -> None:
     (fsynced, not yet visible), ``checkpoint.after_rename`` (new unit visible, old one not yet
     removed), ``fit.after_last_epoch`` (training done, run.json not yet final),
     ``export.before_swap`` (export staged, not yet renamed into place), ``export.after_swap`` (new
-    version in place, the staging folder with the old version not yet removed).
+    version in place, the staging folder with the old version not yet removed),
+    ``staged_update.uncommitted`` (an update's old record file removed, no new file moved in yet).
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:

@@ -253,3 +253,36 @@ def test_a_failed_report_leaves_no_folder(tmp_path, monkeypatch):
     assert m["dice_mean"] == pytest.approx(1.0)
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == sorted(
         ["metrics.json", "per_image.csv", "predictions.npz", "dice_hist.png", "contours.png", "trimap.png"])
+
+
+def test_reevaluating_replaces_the_report_as_one_set(tmp_path, monkeypatch):
+    """Into an existing report folder: a failed re-evaluation changes nothing; a successful one
+    replaces every report file, drops the old uncertainty figure it no longer draws, and keeps a
+    compare result that lives beside the report."""
+    rng = np.random.default_rng(1)
+    masks = (rng.random((3, 16, 16)) > 0.5).astype(np.uint8)
+    rep = tmp_path / "rep"
+    unc = rng.random(masks.shape).astype(np.float32)
+    evaluate_arrays(masks.astype(np.float32), masks, ["a", "b", "c"], rep, uncertainty=unc, verbose=False)
+    (rep / "compare-other.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in rep.iterdir()}
+    assert "uncertainty.png" in before
+
+    def boom(*a, **k):
+        raise RuntimeError("figure failed")
+
+    wrong = 1.0 - masks.astype(np.float32)  # a different report (Dice 0)
+    monkeypatch.setattr(plots, "trimap_plot", boom)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        evaluate_arrays(wrong, masks, ["a", "b", "c"], rep, verbose=False)
+    assert {p.name: p.read_bytes() for p in rep.iterdir()} == before  # untouched, no staging folder
+    monkeypatch.undo()
+
+    m = evaluate_arrays(wrong, masks, ["a", "b", "c"], rep, verbose=False)
+    assert m["dice_mean"] == pytest.approx(0.0)
+    names = sorted(p.name for p in rep.iterdir())
+    assert names == sorted(["metrics.json", "per_image.csv", "predictions.npz", "dice_hist.png",
+                            "contours.png", "trimap.png", "compare-other.json"])
+    assert json.loads((rep / "metrics.json").read_text())["dice_mean"] == pytest.approx(0.0)
+    with np.load(rep / "predictions.npz") as z:
+        assert "uncertainty" not in z.files and np.array_equal(z["pred"], 1 - masks)

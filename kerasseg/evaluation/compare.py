@@ -21,6 +21,9 @@ def load_predictions(report) -> dict:
     """Read ``predictions.npz`` of a report folder (or the .npz itself) with clear errors."""
     path = Path(str(report))
     if path.is_dir():
+        if (path / "predictions.npz").is_file() and not (path / "metrics.json").is_file():
+            raise KerassegError("no metrics.json: an incomplete evaluation report (interrupted while "
+                                "being replaced); run kerasseg evaluate again", path)
         path = path / "predictions.npz"
     if not path.is_file():
         raise KerassegError("no predictions.npz: not an evaluation report (run kerasseg evaluate first)",

@@ -29,6 +29,9 @@ from kerasseg.training.metrics import THRESHOLD, binarize  # the one threshold
 METRIC_KEYS = ("dice_mean", "dice_std", "dice_pooled", "iou_mean", "hd95_px_mean", "hd95_mm_mean",
                "sensitivity_mean", "precision_mean", "trimap_accuracy", "n", "split", "data_hash")
 FIGURES = ("dice_hist.png", "contours.png", "trimap.png")
+#: every file a report writes (metrics.json, its record, is written last); a re-evaluation into the
+#: same folder replaces them as one set and removes those it no longer writes
+REPORT_FILES = ("metrics.json", "per_image.csv", "predictions.npz") + FIGURES + ("uncertainty.png",)
 DEFINITIONS = {
     "dice_mean": "mean over ROIs of the per-image Dice 2TP/(2TP+FP+FN) (CRU-Net's DI)",
     "dice_std": "population standard deviation (ddof=0) of the per-image Dice",
@@ -144,9 +147,12 @@ def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, 
     final = Path(out_dir)
     from kerasseg.fileio import output_dir, staged_dir
 
-    if final.exists():  # an earlier report (perhaps beside compare results): each file replaced atomically
+    if final.exists():  # an earlier report (perhaps beside compare results) is replaced as one set
+        from kerasseg.fileio import staged_update
+
         out = output_dir(final, "report folder")
-        result = write(out)
+        with staged_update(out, commit="metrics.json", owned=REPORT_FILES, what="report folder") as tmp:
+            result = write(tmp)
     else:               # a new report folder appears complete or not at all
         with staged_dir(final, what="report folder") as tmp:
             result = write(tmp)

@@ -362,10 +362,10 @@ def export_model(source, out, version: int | None = None, force: bool = False, t
     card = model_card(module.model, src.config, src.run_dir, members=module.members, tta=tta,
                       postprocessing=module.postprocessing, folds_dir=src.folds_dir, cv=src.cv)
 
-    from kerasseg.fileio import fault_point, output_dir
+    from kerasseg.fileio import fault_point, output_dir, remove_leftovers
 
     output_dir(base, "export folder")
-    _remove_leftovers(base)
+    remove_leftovers(base, r"^\.\d+\.(tmp|old)-")  # what killed exports left (TF Serving ignores them)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base))
     try:
         _write_saved_model(module, tmp / "model", card, model_name=base.name or "kerasseg")
@@ -378,24 +378,6 @@ def export_model(source, out, version: int | None = None, force: bool = False, t
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-_LEFTOVER_RE = re.compile(r"^\.\d+\.(tmp|old)-")
-
-
-def _remove_leftovers(base: Path, min_age_s: float = 600.0) -> None:
-    """Delete the hidden ``.N.tmp-*`` / ``.N.old-*`` folders a killed export left in ``base``
-    (TF Serving ignores them; they only take space). Only folders untouched for ``min_age_s``
-    go, so an export running concurrently into the same folder keeps its own."""
-    import time
-
-    now = time.time()
-    for p in base.iterdir():
-        try:
-            if p.is_dir() and _LEFTOVER_RE.match(p.name) and now - p.stat().st_mtime > min_age_s:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def _exchange(a: Path, b: Path) -> None:
