@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchmarks import common
 
-NAMES = ("crf", "densecrf", "training", "flops", "serving", "fit_memory")
+NAMES = ("crf", "densecrf", "training", "flops", "serving", "fit_memory", "postprocessing")
 
 
 def _module(name):

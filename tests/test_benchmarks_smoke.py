@@ -113,3 +113,15 @@ def test_flop_count_by_hand():
     low = crf_flops(CRFRNN(mode="lowrank"), 40, 40, 5)
     assert 0 < low < exact / 10
     assert crf_flops(CRFRNN(mode="grid"), 40, 40, 5) is None
+
+
+def test_postprocessing_benchmark_tiny():
+    from benchmarks import bench_postprocessing
+
+    res = bench_postprocessing.run("tiny")
+    assert {r["shape"] for r in res["rows"]} == {"disk", "snake", "spiral"}
+    assert all(r["equal_to_scipy"] for r in res["rows"])
+    sp = bench_postprocessing.shapes(15)["spiral"]
+    from scipy import ndimage as ndi
+
+    assert ndi.label(sp, np.ones((3, 3)))[1] == 1  # the spiral is one long component

@@ -151,3 +151,40 @@ def test_long_snake_converges():
         m[0, r, 20 if (r // 2) % 2 == 0 else 0] = 1
     np.testing.assert_array_equal(largest_component(m).numpy()[0], scipy_largest(m[0]))
     assert ndi.label(m[0], np.ones((3, 3)))[1] == 1
+
+
+def _spiral(n, width=1):
+    """A square spiral wall of ``width`` px: both the wall (a component) and the corridor between
+    its turns (a background region reaching the border only at the spiral's mouth) are long paths."""
+    m = np.zeros((n, n), np.uint8)
+    top, left, bottom, right = 0, 0, n - 1, n - 1
+    step = 2 * width
+    while bottom - top > step and right - left > step:
+        m[top:top + width, left:right + 1] = 1
+        m[top:bottom + 1, right - width + 1:right + 1] = 1
+        m[bottom - width + 1:bottom + 1, left + step:right + 1] = 1
+        m[top + step:bottom + 1, left + step:left + step + width] = 1
+        top, left, bottom, right = top + step, left + step, bottom - step, right - step
+    return m
+
+
+def test_large_masks_and_spirals_equal_scipy():
+    """Union-find labelling on big crops and on shapes whose geodesic length is ~ their area."""
+    rng = np.random.default_rng(11)
+    big = random_masks(rng, (150, 170), 4)
+    spirals = []
+    for n, w in ((61, 1), (90, 2), (150, 1)):
+        s = np.zeros((150, 170), np.uint8)
+        s[:n, :n] = _spiral(n, w)
+        spirals += [s, 1 - s]
+    closed = np.zeros((150, 170), np.uint8)  # a spiral inside a closed ring: its corridor is a hole
+    closed[2:69, 2:69] = 1
+    closed[3:68, 3:68] = 0
+    closed[5:66, 5:66] = _spiral(61)
+    masks = np.concatenate([big, np.stack(spirals), closed[None]])
+    lc = largest_component(masks).numpy()
+    fh = fill_holes(masks).numpy()
+    for i, m in enumerate(masks):
+        np.testing.assert_array_equal(lc[i], scipy_largest(m), err_msg=f"mask {i}")
+        np.testing.assert_array_equal(fh[i], scipy_fill(m), err_msg=f"mask {i}")
+    assert scipy_fill(closed)[3:68, 3:68].all()  # the whole corridor really is a hole

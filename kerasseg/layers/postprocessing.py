@@ -6,12 +6,13 @@ an exported SavedModel carries it. Everything here is plain TF (``tf.while_loop`
 ``unsorted_segment_sum``): no ``py_function``, works in eager mode, in a ``tf.function`` with
 unknown height and width, and inside a SavedModel served by a stock ``tensorflow_model_server``.
 
-Connected components are found by iterative label propagation: every foreground pixel starts with
-its own label (``h*w - raster index``, so every label is >= 1 and the largest label of a component
-belongs to its first pixel in raster order), then each step replaces a foreground pixel's label by
-the maximum over its 3 x 3 neighbourhood (8-connectivity) and zeroes the background, until no label
-changes. The number of steps is the longest geodesic distance inside a component (about its
-diameter for a mass; a long snake costs more).
+Connected components are found by label equivalence with pointer jumping (the union-find scheme
+of GPU connected-component labelling): every foreground pixel points to a pixel of its component
+(at first itself); each step takes the smallest pointer in its neighbourhood, lowers the pointer
+of its current root to it (a scatter-min) and then follows pointers to their roots (gathers, which
+halve every chain). When nothing changes, every pixel points to its component's first pixel in
+raster order. The number of steps grows with the logarithm of a component's length rather than
+with its length, so long thin shapes and large crops stay cheap (``benchmarks/bench_postprocessing.py``).
 
 Definitions (the tests compare with scipy exactly):
 
@@ -47,8 +48,8 @@ def binarize(prob):
     return ops.cast(ops.greater_equal(prob, THRESHOLD), "uint8")
 
 
-#: propagation steps between two convergence checks of the while loops
-_STEPS_PER_CHECK = 4
+#: pointer-jumping gathers per union step
+_JUMPS = 2
 
 
 def _as_bool(mask):
@@ -59,18 +60,40 @@ def _as_bool(mask):
     return tf.not_equal(mask, tf.zeros([], mask.dtype)) if mask.dtype != tf.bool else mask
 
 
-def _max3x3(x):
-    """Maximum over the 3 x 3 neighbourhood of each pixel (zero padding; x >= 0), separably."""
-    p = tf.pad(x, [[0, 0], [0, 0], [1, 1]])
-    x = tf.maximum(tf.maximum(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
-    p = tf.pad(x, [[0, 0], [1, 1], [0, 0]])
-    return tf.maximum(tf.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+def _neighbour_min(x, big, eight: bool):
+    """Minimum over each pixel and its 8 (or 4 edge) neighbours; ``big`` outside the image."""
+    pad = tf.pad(x, [[0, 0], [1, 1], [1, 1]], constant_values=big)
+    if eight:
+        rows = tf.minimum(tf.minimum(pad[:, :, :-2], pad[:, :, 1:-1]), pad[:, :, 2:])
+        return tf.minimum(tf.minimum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+    return tf.minimum(tf.minimum(tf.minimum(pad[:, 1:-1, 1:-1], pad[:, :-2, 1:-1]),
+                                 tf.minimum(pad[:, 2:, 1:-1], pad[:, 1:-1, :-2])), pad[:, 1:-1, 2:])
 
 
-def _cross4(x):
-    """Logical OR over each pixel and its 4 edge neighbours (False outside the image)."""
-    p = tf.pad(x, [[0, 0], [1, 1], [1, 1]])
-    return (p[:, 1:-1, 1:-1] | p[:, :-2, 1:-1] | p[:, 2:, 1:-1] | p[:, 1:-1, :-2] | p[:, 1:-1, 2:])
+def _roots(fg, eight: bool = True):
+    """Per pixel of ``fg`` (B, h, w) bool, the global flat index ``b*h*w + i`` of the first pixel
+    (raster order) of its connected component; ``B*h*w`` on the background."""
+    shape = tf.shape(fg)
+    total = shape[0] * shape[1] * shape[2]
+    index = tf.reshape(tf.range(total, dtype=tf.int32), shape)
+    par = tf.where(fg, index, total)
+
+    def body(par, _changed):
+        low = tf.where(fg, _neighbour_min(par, total, eight), total)
+        flat, lowf = tf.reshape(par, [-1]), tf.reshape(low, [-1])
+        # union: the root each pixel points to takes the smallest pointer seen next to the pixel
+        ext = tf.concat([tf.minimum(flat, lowf), [total]], axis=0)
+        ext = tf.tensor_scatter_nd_min(ext, flat[:, tf.newaxis], lowf)
+        new = tf.gather(ext, flat)
+        for _ in range(_JUMPS):  # pointer jumping: follow each pointer to where it points
+            new = tf.gather(ext, new)
+            ext = tf.concat([new, [total]], axis=0)
+        new = tf.reshape(new, shape)
+        return new, tf.reduce_any(tf.not_equal(new, par))
+
+    par, _ = tf.while_loop(lambda _p, changed: changed, body, [par, tf.constant(True)],
+                           parallel_iterations=1)
+    return par
 
 
 def component_labels(mask):
@@ -92,21 +115,9 @@ def component_labels(mask):
     fg = _as_bool(mask)
     shape = tf.shape(fg)
     n = shape[1] * shape[2]
-    index = tf.reshape(tf.range(n, dtype=tf.int32), shape[1:3])
-    labels = tf.where(fg, (n - index)[tf.newaxis], tf.zeros([], tf.int32))
-
-    def step(lab):
-        for _ in range(_STEPS_PER_CHECK):
-            lab = tf.where(fg, _max3x3(lab), tf.zeros([], tf.int32))
-        return lab
-
-    def body(lab, _changed):
-        new = step(lab)
-        return new, tf.reduce_any(tf.not_equal(new, lab))
-
-    labels, _ = tf.while_loop(lambda _lab, changed: changed, body,
-                              [labels, tf.constant(True)], parallel_iterations=1)
-    return labels
+    root = _roots(fg, eight=True)
+    first = root - (n * tf.range(shape[0], dtype=tf.int32))[:, tf.newaxis, tf.newaxis]
+    return tf.where(fg, n - first, tf.zeros([], tf.int32))
 
 
 def largest_component(mask):
@@ -166,21 +177,18 @@ def fill_holes(mask):
     """
     fg = _as_bool(mask)
     bg = tf.logical_not(fg)
-    h, w = tf.shape(fg)[1], tf.shape(fg)[2]
+    shape = tf.shape(fg)
+    h, w = shape[1], shape[2]
     rows, cols = tf.range(h), tf.range(w)
     border = tf.logical_or(tf.logical_or(tf.equal(rows, 0), tf.equal(rows, h - 1))[:, tf.newaxis],
                            tf.logical_or(tf.equal(cols, 0), tf.equal(cols, w - 1))[tf.newaxis, :])
-    outside = tf.logical_and(bg, border[tf.newaxis])
-
-    def body(out, _changed):
-        new = out
-        for _ in range(_STEPS_PER_CHECK):
-            new = tf.logical_and(bg, _cross4(new))
-        return new, tf.reduce_any(tf.not_equal(new, out))
-
-    outside, _ = tf.while_loop(lambda _o, changed: changed, body, [outside, tf.constant(True)],
-                               parallel_iterations=1)
-    return tf.cast(tf.logical_not(outside), tf.uint8)
+    root = tf.reshape(_roots(bg, eight=False), [-1])  # background regions, 4-connected
+    total = tf.size(root)
+    on_border = tf.reshape(tf.logical_and(bg, border[tf.newaxis]), [-1])
+    # a background region is outside when one of its pixels lies on the border
+    touches = tf.math.unsorted_segment_max(tf.cast(on_border, tf.int32), root, total + 1)
+    outside = tf.reshape(tf.gather(touches, root) > 0, shape)
+    return tf.cast(tf.logical_not(tf.logical_and(bg, outside)), tf.uint8)
 
 
 def postprocess(mask, largest_component=False, fill_holes=False):
