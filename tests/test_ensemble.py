@@ -223,3 +223,35 @@ def test_docs_example_runs(capsys):
     out = namespace["out"]
     assert out["probability"].shape == (10, 40, 40) and out["mask"].dtype == np.uint8
     assert "(10, 40, 40) uint8" in capsys.readouterr().out
+
+
+def test_own_inference_graphs_do_not_warn_about_retracing(caplog):
+    """Scoring several models in a row builds one tf.function each (traced once); TensorFlow's
+    'triggered tf.function retracing' warning about them is dropped, others' warnings are kept."""
+    import logging
+
+    import keras
+    import tensorflow as tf
+
+    from kerasseg.models.segmenter import segment_function
+
+    def net():
+        inp = keras.Input((8, 8, 1))
+        return keras.Model(inp, {"net": keras.layers.Conv2D(2, 1, activation="softmax")(inp)})
+
+    x = tf.zeros((1, 8, 8))
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for _ in range(8):
+            segment_function(net())(x)
+        own = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+        assert own == []
+
+        def other():
+            @tf.function
+            def f(t):
+                return t + 1
+            return f
+
+        for i in range(8):
+            other()(tf.constant(float(i)))
+    assert any("retracing" in r.getMessage() for r in caplog.records), "the filter must not hide others"

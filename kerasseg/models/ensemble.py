@@ -112,7 +112,7 @@ def ensemble_function(members, tta: str = "none", postprocessing: dict | None = 
     from kerasseg.data import transforms
     from kerasseg.layers.postprocessing import postprocess
     from kerasseg.models.registry import final_key
-    from kerasseg.models.segmenter import as_segmenter, get_preprocessor, model_size
+    from kerasseg.models.segmenter import as_segmenter, get_preprocessor, model_size, quiet_own_retracing
     from kerasseg.layers.postprocessing import binarize
 
     if isinstance(members, keras.Model):
@@ -136,6 +136,8 @@ def ensemble_function(members, tta: str = "none", postprocessing: dict | None = 
     tfs = tta_transforms(tta)
     post = _check_postprocessing(postprocessing)
     n_maps = len(members) * len(tfs)
+
+    quiet_own_retracing()
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="image")])
     def ensemble(image):

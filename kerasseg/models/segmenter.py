@@ -92,6 +92,34 @@ def model_size(model) -> int:
     return pre.size if pre is not None else network_size(model)
 
 
+def quiet_own_retracing() -> None:
+    """Drop TensorFlow's "N out of the last M calls to <function ...> triggered tf.function
+    retracing" warning for kerasseg's own inference graphs.
+
+    Every :func:`segment_function` / ensemble graph is a new ``tf.function`` with a fixed input
+    signature, built once per model and traced once; TensorFlow groups closures by their code, so
+    scoring several models in a row (the folds of ``fit --folds``, ``reproduce``) looks to it like
+    one function retraced, and it warns about a cost that is not there. Other functions' warnings
+    are kept. Idempotent.
+    """
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    if any(isinstance(f, _OwnRetracingFilter) for f in logger.filters):
+        return
+    logger.addFilter(_OwnRetracingFilter())
+
+
+class _OwnRetracingFilter:
+    """A ``logging`` filter (see :func:`quiet_own_retracing`)."""
+
+    NAMES = ("segment_function.<locals>", "ensemble_function.<locals>")
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        return not ("triggered tf.function retracing" in msg and any(n in msg for n in self.NAMES))
+
+
 def segment_function(model):
     """The one inference graph of kerasseg, as a ``tf.function`` of raw crops.
 
@@ -110,6 +138,7 @@ def segment_function(model):
 
     model = as_segmenter(model)
     key = final_key(model)
+    quiet_own_retracing()
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="image")])
     def segment(image):
