@@ -1,4 +1,4 @@
-"""``kerasseg data``: prepare a dataset file from a source, and describe one."""
+"""``kerasseg data``: prepare a dataset file from a source, re-split one by groups, describe one."""
 
 from __future__ import annotations
 
@@ -72,6 +72,41 @@ def prepare_cmd(source, src, out, size, margin, split, seed, test_fraction, val_
                f"(train {counts['train']}, val {counts['val']}, test {counts['test']})")
 
 
+@data.command(name="split")
+@click.argument("file", type=str)
+@click.option("--out", "-o", required=True, type=str, help="Output FILE.npz (the same ROIs, new splits).")
+@click.option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Share of ROIs drawn for test (whole groups) when FILE has no test ROIs.")
+@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Share of the train ROIs moved to val (whole groups).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the draw.")
+def split_cmd(file, out, test_fraction, val_fraction, seed):
+    """Re-split FILE.npz into train / val / test by whole groups (patients, contours).
+
+    Test ROIs already in FILE stay test; without any, --test-fraction of the ROIs (whole groups)
+    are drawn for test. Files without a group array split ROI by ROI.
+
+    \b
+    kerasseg data split lesion-dev.npz --out lesion-split.npz --test-fraction 0.2 --val-fraction 0.15
+    """
+    from kerasseg.data.dataset import save_npz
+    from kerasseg.data.info import summarize
+    from kerasseg.data.readers import check_output
+    from kerasseg.data.sources import load_data
+    from kerasseg.data.splits import resplit
+
+    check_output(out)
+    ds = load_data(file)
+    kept = ds.counts()["test"]
+    new = ds.with_split(resplit(ds.split, ds.groups(), test_fraction=test_fraction,
+                                val_fraction=val_fraction, seed=seed))
+    path = save_npz(new, out)
+    if kept:
+        click.echo(f"kept the {kept} test ROI(s) of {file} as test")
+    click.echo(summarize(new))
+    click.echo(f"wrote {path}")
+
+
 @data.command(name="info")
 @click.argument("file", type=str)
 @click.option("--grid", type=click.Path(dir_okay=False), help="Write a thumbnail grid PNG here.")
@@ -103,7 +138,7 @@ def _wrap(cmd):
     return cmd
 
 
-for _cmd in (prepare_cmd, info_cmd):
+for _cmd in (prepare_cmd, split_cmd, info_cmd):
     _wrap(_cmd)
 
 COMMANDS = [data]

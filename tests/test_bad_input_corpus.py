@@ -252,6 +252,14 @@ CASES = {
                                              t / "o.npz"),
     "prepare-out-under-file": lambda e, t: _c(["data", "prepare", "phantom", "-", "--out",
                                                _file(t, "f", b"x") / "o.npz"], t / "f"),
+    # ---- data split: the .npz contract and the output path
+    "split-missing-file": lambda e, t: _c(["data", "split", t / "nope.npz", "--out", t / "s.npz"], t / "nope.npz"),
+    "split-npy-renamed": lambda e, t: _c(["data", "split", _npy_as_npz(t), "--out", t / "s.npz"], t / "arr.npz"),
+    "split-fractional-masks": lambda e, t: _c(["data", "split", _npz(t, masks=np.full((4, 40, 40), 0.5)),
+                                               "--out", t / "s.npz"], t / "bad.npz"),
+    "split-out-is-folder": lambda e, t: _c(["data", "split", e["tiny"], "--out", _dir(t, "o.npz")], t / "o.npz"),
+    "split-out-under-file": lambda e, t: _c(["data", "split", e["tiny"], "--out", _file(t, "f", b"x") / "o.npz"],
+                                            t / "f"),
     # ---- fit: configs
     "fit-config-missing-path": lambda e, t: _c(["fit", t / "nope.yaml", "--data", e["tiny"], "--out", t / "r"],
                                                t / "nope.yaml"),

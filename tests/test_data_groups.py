@@ -78,3 +78,68 @@ def test_fold_labels_leave_test_alone():
     assert (fold[split == "test"] == 0).all()
     assert set(fold[split != "test"].tolist()) == {1, 2}
     assert fold[0] == fold[1] and fold[6] == fold[7]              # group a / d together across train/val
+
+
+# ----------------------------------------------------------------- re-splitting by groups
+from kerasseg.data.splits import groups_across_splits, resplit  # noqa: E402
+
+
+def _leaky_pairs(split, groups):
+    """Independent reference: groups seen under two different split labels."""
+    return sorted({g for g, s in zip(groups, split) for g2, s2 in zip(groups, split) if g == g2 and s != s2})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_resplit_draws_test_and_val_in_whole_groups(seed):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat([f"c{i}" for i in range(40)], rng.integers(1, 8, 40))
+    split = resplit(["train"] * len(groups), groups, test_fraction=0.25, val_fraction=0.2, seed=seed)
+    assert groups_across_splits(split, groups) == [] == _leaky_pairs(split, groups)
+    n = len(groups)
+    assert abs((split == "test").sum() - 0.25 * n) <= 8          # whole groups of at most 7 ROIs
+    n_train = (split != "test").sum()
+    assert abs((split == "val").sum() - 0.2 * n_train) <= 8
+    assert np.array_equal(split, resplit(["train"] * n, groups, test_fraction=0.25, val_fraction=0.2,
+                                         seed=seed))
+
+
+def test_resplit_keeps_an_existing_test_set():
+    groups = np.repeat([f"p{i}" for i in range(20)], 3)
+    old = np.where(np.isin(groups, ["p0", "p5", "p9"]), "test", "train")
+    old[groups == "p3"] = "val"
+    new = resplit(old, groups, test_fraction=0.5, val_fraction=0.25, seed=4)
+    assert np.array_equal(new == "test", old == "test")        # the same test ROIs, no others
+    assert groups_across_splits(new, groups) == []
+    assert (new == "val").sum() == 12                           # round(0.25 * 51) -> whole groups of 3
+
+
+def test_groups_across_splits_matches_reference():
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, 12, 80).astype(str)
+    split = rng.choice(["train", "val", "test"], 80, p=[0.8, 0.1, 0.1])
+    assert groups_across_splits(split, groups) == _leaky_pairs(split, groups)
+
+
+def test_data_split_cli_and_info_leak_warning(tmp_path):
+    from click.testing import CliRunner
+
+    from kerasseg.cli.main import cli
+
+    groups = np.repeat([f"g{i}" for i in range(12)], 4)
+    leaky = ROIDataset(images=np.random.default_rng(0).random((48, 8, 8)).astype(np.float32),
+                       masks=np.zeros((48, 8, 8), np.uint8) + np.eye(8, dtype=np.uint8),
+                       split=np.tile(["train", "train", "val", "test"], 12),
+                       ids=[f"r{i}" for i in range(48)], group=groups)
+    src = save_npz(leaky, tmp_path / "leaky.npz")
+    info = CliRunner().invoke(cli, ["data", "info", str(src)], catch_exceptions=False)
+    assert "groups: 12" in info.output and "12 group(s) have ROIs in more than one split" in info.output
+    pool = save_npz(leaky.with_split(np.full(48, "train")), tmp_path / "pool.npz")
+    res = CliRunner().invoke(cli, ["data", "split", str(pool), "--out", str(tmp_path / "s.npz"),
+                                   "--test-fraction", "0.25", "--val-fraction", "0.2"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = load_npz(tmp_path / "s.npz")
+    assert np.array_equal(out.images, leaky.images) and np.array_equal(out.masks, leaky.masks)
+    assert groups_across_splits(out.split, out.group) == [] and out.counts()["test"] == 12
+    bad = CliRunner().invoke(cli, ["data", "split", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "t.npz")])
+    assert bad.exit_code == 1 and "nope.npz" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "t.npz").exists()

@@ -21,6 +21,7 @@ KNOWN_GAPS: set = set()
 
 def _objects():
     objs = {name: getattr(kerasseg.layers, name) for name in kerasseg.layers.__all__}
+    from kerasseg.data.splits import resplit
     from kerasseg.errors import KerassegError
     from kerasseg.layers.fusion import UnaryFusion
     from kerasseg.training.adversarial import fgm_perturbation
@@ -30,7 +31,7 @@ def _objects():
     objs.update(build_model=kerasseg.models.build_model, build_segmenter=kerasseg.models.build_segmenter,
                 UnaryFusion=UnaryFusion, SegmentationModel=SegmentationModel,
                 fgm_perturbation=fgm_perturbation, attach_kernel_l2=attach_kernel_l2,
-                KerassegError=KerassegError)
+                KerassegError=KerassegError, resplit=resplit)
     return objs
 
 

@@ -25,6 +25,17 @@ def summarize(ds: ROIDataset) -> str:
     lines = [f"source: {ds.source}", f"ROIs: {n} of {h}x{w} pixels   data hash: {ds.data_hash()}"]
     counts = ds.counts()
     lines.append("split: " + "  ".join(f"{s} {counts[s]}" for s in SPLITS))
+    if ds.group is not None:
+        from kerasseg.data.splits import groups_across_splits
+
+        _, per = np.unique(ds.group, return_counts=True)
+        lines.append(f"groups: {len(per)} (ROIs per group: min {per.min()}, max {per.max()})")
+        leak = groups_across_splits(ds.split, ds.group)
+        if leak:
+            lines.append(f"warning: {len(leak)} group(s) have ROIs in more than one split "
+                         f"(e.g. {leak[0]!r}); `kerasseg data split` re-splits by whole groups")
+    else:
+        lines.append("groups: none recorded (each ROI counts as its own group)")
     area = ds.masks.reshape(n, -1).sum(axis=1).astype(np.float64)
     lines.append("mask area, pixels:   " + _stats(area))
     lines.append("mask area, % of ROI: " + _stats(100.0 * area / (h * w)))

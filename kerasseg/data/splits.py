@@ -114,6 +114,40 @@ def assign(method: str, *, n: int, order_keys=None, groups=None, official=None,
     return carve_val(split, val_fraction, seed, groups if method == "patient" else None)
 
 
+def resplit(split, groups, *, test_fraction: float = 0.2, val_fraction: float = 0.1,
+            seed: int = 0) -> np.ndarray:
+    """New split labels for an existing dataset, by whole ``groups`` (patients, contours).
+
+    Test ROIs already in ``split`` stay test and no other ROI joins them (a test set is never
+    redrawn, so it cannot have been looked at through a choice); without any, whole groups are
+    drawn for test until about ``test_fraction`` of the ROIs are there (:func:`group_split`). The
+    rest is train, and ``round(val_fraction * n_train)`` of it in whole groups becomes val
+    (:func:`carve_val`). Deterministic in ``seed``.
+
+    Example:
+
+    >>> resplit(["train"] * 6, ["a", "a", "b", "b", "c", "c"], test_fraction=0.3, val_fraction=0.3).tolist()
+    ['train', 'train', 'val', 'val', 'test', 'test']
+    """
+    split = np.asarray(split).astype(str)
+    groups = np.asarray([str(g) for g in groups])
+    if len(groups) != len(split):
+        raise KerassegError(f"{len(groups)} groups for {len(split)} ROIs")
+    test = split == "test"
+    new = np.where(test, "test", "train") if test.any() else group_split(groups, test_fraction, seed)
+    return carve_val(new, val_fraction, seed, groups)
+
+
+def groups_across_splits(split, groups) -> list[str]:
+    """The groups that have ROIs in more than one split (a leak between train/val and test)."""
+    split = np.asarray(split).astype(str)
+    groups = np.asarray([str(g) for g in groups])
+    seen: dict[str, set] = {}
+    for g, s in zip(groups, split):
+        seen.setdefault(g, set()).add(s)
+    return sorted(g for g, s in seen.items() if len(s) > 1)
+
+
 def group_kfold(groups, k: int, seed: int = 0) -> np.ndarray:
     """Fold index (0 .. k-1) of every ROI: whole groups to one fold, folds balanced in ROI count.
 

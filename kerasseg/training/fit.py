@@ -266,7 +266,8 @@ def _resolve(config, data, epochs, seed, dataset):
     for split in ("train", "val"):
         if counts[split] == 0:
             raise KerassegError(f"the data has no {split!r} ROIs (counts {counts}); training needs "
-                                "train and val splits (best model chosen on val)", data)
+                                "train and val splits (best model chosen on val); `kerasseg data split FILE --out NEW.npz` "
+                                "makes them by whole groups", data)
     return ds, cfg, key, counts
 
 
