@@ -40,6 +40,8 @@ class ROIDataset:
     source: str = "unknown"
     group: np.ndarray | None = None
     _hash: str | None = field(default=None, repr=False, compare=False)
+    #: where the ROIs were read from (a .npz path, "phantom"); named in errors, not part of the data
+    origin: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         images, masks = np.asarray(self.images), np.asarray(self.masks)
@@ -120,7 +122,7 @@ class ROIDataset:
         sel = self.split == split
         if not sel.any():
             present = sorted(set(self.split.tolist()))
-            raise KerassegError(f"the dataset has no {split!r} ROIs (splits present: {present})")
+            raise KerassegError(f"the dataset has no {split!r} ROIs (splits present: {present})", self.origin)
         return self.select(sel)
 
     def select(self, index) -> "ROIDataset":
@@ -134,6 +136,7 @@ class ROIDataset:
             boxes=None if self.boxes is None else self.boxes[index],
             source=self.source,
             group=None if self.group is None else self.group[index],
+            origin=self.origin,
         )
 
     def groups(self) -> np.ndarray:
@@ -144,7 +147,7 @@ class ROIDataset:
         """The same ROIs with other split labels (e.g. one cross-validation fold)."""
         return ROIDataset(images=self.images, masks=self.masks, split=np.asarray(split), ids=self.ids,
                           spacing_mm=self.spacing_mm, boxes=self.boxes, source=self.source,
-                          group=self.group)
+                          group=self.group, origin=self.origin)
 
     def counts(self) -> dict:
         """Number of ROIs per split."""
@@ -206,6 +209,7 @@ def load_npz(path) -> ROIDataset:
                 boxes=z["boxes"] if "boxes" in z.files else None,
                 source=str(z["source"]) if "source" in z.files else "unknown",
                 group=z["group"] if "group" in z.files else None,
+                origin=str(path),
             )
     except KerassegError as exc:
         msg = str(exc)

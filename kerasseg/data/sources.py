@@ -17,5 +17,7 @@ def load_data(spec=None) -> ROIDataset:
     if isinstance(spec, ROIDataset):
         return spec
     if spec is None or str(spec) == "phantom":
-        return default_dataset()
+        ds = default_dataset()
+        ds.origin = "phantom"
+        return ds
     return load_npz(spec)

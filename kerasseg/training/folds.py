@@ -165,8 +165,11 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
         from kerasseg.errors import warn
 
         warn("the data has no 'group' array: every ROI is its own group, so ROIs of one patient "
-             "may land in different folds (prepare the data again to record the groups)", data)
-    fold = fold_labels(ds.split, groups, folds, seed)
+             "may land in different folds (prepare the data again to record the groups)", ds.origin)
+    try:
+        fold = fold_labels(ds.split, groups, folds, seed)
+    except KerassegError as exc:
+        raise KerassegError(str(exc), ds.origin) from None
     k_folds = int(folds)
     out = output_dir(Path(out_dir or f"runs/{cfg['name']}-cv{k_folds}"), "cross-validation folder")
     expect = {"kind": CV_KIND, "config": cfg["name"], "folds": k_folds, "seed": seed,
