@@ -245,6 +245,14 @@ def test_own_inference_graphs_do_not_warn_about_retracing(caplog):
             segment_function(net())(x)
         own = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
         assert own == []
+        # Keras's step functions, one per model when a process trains several models
+        data = (np.zeros((4, 8, 8, 1), np.float32), np.zeros((4, 8, 8, 2), np.float32))
+        for _ in range(7):
+            m = net()
+            m.compile(optimizer="sgd", loss={"net": "mse"})
+            m.fit(data[0], {"net": data[1]}, epochs=1, verbose=0)
+        own = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+        assert own == []
 
         def other():
             @tf.function

@@ -99,8 +99,9 @@ def quiet_own_retracing() -> None:
     Every :func:`segment_function` / ensemble graph is a new ``tf.function`` with a fixed input
     signature, built once per model and traced once; TensorFlow groups closures by their code, so
     scoring several models in a row (the folds of ``fit --folds``, ``reproduce``) looks to it like
-    one function retraced, and it warns about a cost that is not there. Other functions' warnings
-    are kept. Idempotent.
+    one function retraced, and it warns about a cost that is not there. The same holds for Keras's
+    train/test step functions when one process trains several models (each model builds its own,
+    from tf.data pipelines of fixed shapes). Other functions' warnings are kept. Idempotent.
     """
     import logging
 
@@ -113,7 +114,9 @@ def quiet_own_retracing() -> None:
 class _OwnRetracingFilter:
     """A ``logging`` filter (see :func:`quiet_own_retracing`)."""
 
-    NAMES = ("segment_function.<locals>", "ensemble_function.<locals>")
+    NAMES = ("segment_function.<locals>", "ensemble_function.<locals>",
+             "TensorFlowTrainer._make_function.<locals>", "TensorFlowTrainer.make_train_function.<locals>",
+             "TensorFlowTrainer.make_test_function.<locals>")
 
     def filter(self, record) -> bool:
         msg = record.getMessage()

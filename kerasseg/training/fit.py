@@ -138,10 +138,11 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     import tensorflow as tf
 
     from kerasseg.config import save_config
-    from kerasseg.models.segmenter import build_segmenter
+    from kerasseg.models.segmenter import build_segmenter, quiet_own_retracing
     from kerasseg.training.callbacks import (BestModel, Checkpoint, HistoryCSV, ScalarLogger,
                                              StopOnNonFinite, atomic_write_text)
 
+    quiet_own_retracing()  # several runs in one process (folds, reproduce) are not retracing
     t0 = time.time()
     ds, cfg, key, counts = _resolve(config, data, epochs, seed, dataset)
     seed = cfg["train"]["seed"]
