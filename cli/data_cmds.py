@@ -12,7 +12,7 @@ SOURCES = ("inbreast", "ddsm-bcrp", "cbis-ddsm", "folder", "phantom")
 SPLITS = ("auto", "protocol", "official", "patient", "random")
 
 
-@click.group(name="data")
+@click.group(name="data", short_help="Prepare, re-split and describe ROI datasets.")
 def data():
     """Prepare ROI datasets (.npz) from INbreast, DDSM-BCRP, CBIS-DDSM, folders or the phantom."""
 

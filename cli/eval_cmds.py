@@ -3,7 +3,7 @@
 import click
 
 
-@click.command(name="evaluate")
+@click.command(name="evaluate", short_help="Report Dice, HD95, figures of a model or CV ensemble.")
 @click.argument("source", type=click.Path(path_type=str))
 @click.option("--data", "data", default=None,
               help="'phantom' or a dataset .npz (default: the data the run was trained on, else the phantom).")
@@ -23,7 +23,7 @@ def evaluate_cmd(source, data, split, out, batch_size, tta, no_figures):
                  figures=not no_figures, verbose=True)
 
 
-@click.command(name="compare")
+@click.command(name="compare", short_help="Paired tests of two evaluation reports.")
 @click.argument("report_a", type=click.Path(path_type=str))
 @click.argument("report_b", type=click.Path(path_type=str))
 @click.option("--out", "out", default=None, type=click.Path(path_type=str),
@@ -39,7 +39,7 @@ def compare_cmd(report_a, report_b, out, seed, n_boot, no_figures):
                     verbose=True)
 
 
-@click.command(name="reproduce")
+@click.command(name="reproduce", short_help="Every row of a paper's table, with the baselines.")
 @click.argument("table", type=click.Choice(["crunet-table1", "zhu-table2"]))
 @click.option("--data", "data", default="phantom", show_default=True, help="'phantom' or a dataset .npz.")
 @click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1), help="Seeds per row.")

@@ -9,7 +9,7 @@ from kerasseg.errors import KerassegError
 TTA_CHOICES = ("none", "flips", "dihedral")
 
 
-@click.command(name="export")
+@click.command(name="export", short_help="SavedModel for TF Serving (model or CV ensemble).")
 @click.argument("source", type=click.Path(path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(path_type=str),
               help="Model base folder BASE/NAME; the export goes to BASE/NAME/<version>/.")
@@ -27,7 +27,7 @@ def export_cmd(source, out, version, force, tta):
     click.echo(f"exported {source} -> {path}")
 
 
-@click.command(name="predict")
+@click.command(name="predict", short_help="Segment DICOM/PNG/TIFF images or .npz ROIs.")
 @click.argument("model", type=click.Path(path_type=str))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--roi", default=None, help="ROI box x0,y0,x1,y1 in pixels (x = column, x1/y1 exclusive).")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 
-@click.command(name="fit")
+@click.command(name="fit", short_help="Train a config (table row); --folds K: cross-validation.")
 @click.argument("config", default="crunet-l067", required=False)
 @click.option("--data", default=None, metavar="phantom|FILE.npz",
-              help="Prepared dataset (.npz from `kerasseg prepare`); default: the built-in phantom.")
+              help="Prepared dataset (.npz from `kerasseg data prepare`); default: the built-in phantom.")
 @click.option("--out", "out_dir", default=None, metavar="RUN_DIR",
               help="Run directory (default runs/<config name>). Re-run the same command to resume.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override train.epochs.")
