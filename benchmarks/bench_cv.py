@@ -17,7 +17,8 @@ Protocol (the test ROIs are never used for a choice):
 
     python -m benchmarks.bench_cv --configs crunet-l067,crunet-unet --folds 5 --epochs 12
 
-Results: ``benchmarks/results/cv.json`` and ``cv.md``; the fold runs stay in ``--work``.
+Results: ``benchmarks/results/cv.json`` and ``cv.md`` (``--results STEM`` for other names); the fold
+runs stay in ``--work``.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--work", default=str(REPO / "runs" / "bench-cv"))
     ap.add_argument("--stage", choices=("train", "eval", "all"), default="all")
+    ap.add_argument("--results", default="cv", help="results file stem under benchmarks/results")
     args = ap.parse_args(argv)
     data = lesion_dev_path()
     if data is None:
@@ -178,8 +180,8 @@ def main(argv=None) -> int:
             print(json.dumps(results["configs"][cfg]["rows"], indent=1), flush=True)
     if args.stage in ("eval", "all"):
         RESULTS.mkdir(exist_ok=True)
-        atomic_write(RESULTS / "cv.json", json.dumps(results, indent=2))
-        atomic_write(RESULTS / "cv.md", markdown(results))
+        atomic_write(RESULTS / f"{args.results}.json", json.dumps(results, indent=2))
+        atomic_write(RESULTS / f"{args.results}.md", markdown(results))
         print(markdown(results))
     return 0
 

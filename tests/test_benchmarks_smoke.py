@@ -125,3 +125,20 @@ def test_postprocessing_benchmark_tiny():
     from scipy import ndimage as ndi
 
     assert ndi.label(sp, np.ones((3, 3)))[1] == 1  # the spiral is one long component
+
+
+def test_bench_cv_skips_without_the_development_set_and_splits_by_group(tmp_path, monkeypatch, capsys):
+    from benchmarks import bench_cv
+    from kerasseg.data.dataset import load_npz
+    from kerasseg.data.splits import groups_across_splits
+
+    monkeypatch.setenv("KERASSEG_LESION_DEV", str(tmp_path / "absent.npz"))
+    assert bench_cv.main(["--work", str(tmp_path / "w")]) == 0
+    assert "skipped" in capsys.readouterr().out and not (tmp_path / "w").exists()
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"c{i}" for i in range(10)], 5)
+    src = tmp_path / "dev.npz"
+    np.savez(src, images=rng.random((50, 8, 8)).astype(np.float32), masks=np.ones((50, 8, 8), np.uint8),
+             split=np.full(50, "train"), ids=[f"r{i}" for i in range(50)], group=groups)
+    ds = load_npz(bench_cv.split_data(src, tmp_path / "split.npz", 0.2))
+    assert ds.counts()["test"] == 10 and groups_across_splits(ds.split, ds.group) == []
