@@ -60,10 +60,10 @@ def prepare_cmd(source, src, out, size, margin, split, seed, test_fraction, val_
     with warnings.catch_warnings():
         # readers report recoverable problems in the summary printed below
         warnings.simplefilter("ignore", KerassegWarning)
-        options = {"n_train": n_train, "n_val": n_val, "n_test": n_test} if source == "phantom" else {}
         ds, summary = prepare(source, src, size=size, margin=margin, split=split, seed=seed, mirror=mirror,
                               ready_rois=ready_rois, test_fraction=test_fraction, val_fraction=val_fraction,
-                              train_list=train_list, test_list=test_list, progress=progress, **options)
+                              train_list=train_list, test_list=test_list, progress=progress,
+                              n_train=n_train, n_val=n_val, n_test=n_test)
     path = save_npz(ds, out)
     for line in summary.lines():
         click.echo(line)

@@ -182,7 +182,6 @@ def remove_leftovers(folder, pattern: str, min_age_s: float = 600.0) -> None:
     """Delete the hidden folders a killed command left in ``folder``: entries whose name matches the
     regular expression ``pattern`` and that were untouched for ``min_age_s`` seconds (a command
     running concurrently into the same place keeps its own). Errors are ignored."""
-    import re
     import shutil
     import time
 

@@ -50,7 +50,8 @@ def prepare(source: str, src, *, size: int = 40, margin: float = 0.0, split: str
             train_list=None, test_list=None, progress: bool = False, **source_options):
     """Read ``src`` as ``source`` and return ``(ROIDataset, Summary)``.
 
-    ``source_options`` go to the reader alone (the phantom's ``n_train`` / ``n_val`` / ``n_test``).
+    ``source_options`` go to the reader alone (the phantom's ``n_train`` / ``n_val`` / ``n_test``;
+    like every reader option, ignored by the readers that do not use them).
 
     ``split``: "auto" (the source's default: inbreast "protocol", ddsm-bcrp and cbis-ddsm
     "official", folder "random"), "protocol", "official", "patient" or "random"; see
