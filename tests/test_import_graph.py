@@ -22,6 +22,7 @@ ALLOWED_UPWARD = {
     ("kerasseg.config.schema", "kerasseg.models.registry"): _CONFIG_LAZY,
     ("kerasseg.config.schema", "kerasseg.models.crf_head"): _CONFIG_LAZY,
     ("kerasseg.config.schema", "kerasseg.layers.preprocessing"): _CONFIG_LAZY,
+    ("kerasseg.config.schema", "kerasseg.data.boxes"): _CONFIG_LAZY,
 }
 # Private names imported across modules: (importer, imported module, name) -> reason.
 ALLOWED_PRIVATE: dict = {}

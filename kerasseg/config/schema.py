@@ -55,6 +55,9 @@ BASE_DEFAULTS: dict = {
         "enhancement": "none",
         "flips": True,
         "size": 40,
+        # boxes other than the tight one in training (kerasseg.data.boxes.BoxJitter): null, or
+        # {margin: [lo, hi] per side, shift: s, tight: p}; needs a dataset file with context windows
+        "box_jitter": None,
     },
 }
 
@@ -162,6 +165,8 @@ def check_section(cfg: dict, section: str, path, prefix="") -> None:
     for key, val in value.items():
         default = spec[key]
         name = f"{prefix}{section}.{key}"
+        if default is None:
+            continue  # a mapping or null, checked by check_values
         if isinstance(default, bool):
             if not isinstance(val, bool):
                 raise KerassegError(f"{name} must be true or false, got {val!r}", path)
@@ -217,6 +222,10 @@ def check_values(cfg: dict, path, prefix="") -> None:
            f"got {t['patience']}", path)
     _range(0 <= t["seed"] < 2**32, f"{p}train.seed must be in [0, 2**32 - 1], got {t['seed']}", path)
     _range(d["size"] >= 8, f"{p}data.size must be >= 8, got {d['size']}", path)
+    from kerasseg.data.boxes import BoxJitter
+
+    jitter = BoxJitter.from_config(d["box_jitter"], path, f"{p}data.box_jitter")
+    d["box_jitter"] = None if jitter is None else jitter.to_config()
     crf = cfg["crf"]
     if crf is None:
         _range(lo["lambda"] == 0.0, f"{p}loss.lambda={lo['lambda']} weights the CRF loss but the "

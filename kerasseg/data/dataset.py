@@ -10,6 +10,15 @@ A prepared dataset is one compressed ``.npz`` with
   pixel coordinates, x = column), ``group`` str (N,) (the patient, case or source image a ROI
   comes from: splits and cross-validation folds never put one group on both sides; the readers
   fill it) and ``source`` (str scalar).
+- optional context windows (for boxes other than the tight one; :mod:`kerasseg.data.boxes`):
+  ``context`` float32 (N, C, C): a square window of the image centred on the tight box, its side
+  twice the box's longer side, resampled to C x C (C = 128 by default) with the one resize
+  (:func:`kerasseg.data.transforms.resize`); ``context_mask`` uint8 (N, C, C) the mass in it;
+  ``context_box`` float32 (N, 4) the tight box ``(y0, x0, y1, x1)`` in window pixels, ends
+  exclusive; ``context_valid`` float32 (N, 4) the part of the window that lies inside the image
+  ``(y0, x0, y1, x1)`` (the rest is edge padding; absent = the whole window);
+  ``context_spacing_mm`` float32 (N,) the window's pixel size (mm; NaN unknown). Context arrays
+  are not part of :meth:`ROIDataset.data_hash` (the tight ROIs are the data of every table row).
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from kerasseg.errors import KerassegError
 from kerasseg.fileio import atomic_write
 
 SPLITS = ("train", "val", "test")
+#: the optional context-window arrays (module docstring), saved and loaded when present
+CONTEXT_KEYS = ("context", "context_mask", "context_box", "context_valid", "context_spacing_mm")
 
 
 @dataclass
@@ -40,6 +51,11 @@ class ROIDataset:
     source: str = "unknown"
     group: np.ndarray | None = None
     _hash: str | None = field(default=None, repr=False, compare=False)
+    context: np.ndarray | None = None          # float32 (N, C, C)
+    context_mask: np.ndarray | None = None     # uint8 (N, C, C)
+    context_box: np.ndarray | None = None      # float32 (N, 4) y0, x0, y1, x1 in window pixels
+    context_valid: np.ndarray | None = None    # float32 (N, 4) y0, x0, y1, x1: inside the image
+    context_spacing_mm: np.ndarray | None = None  # float32 (N,)
     #: where the ROIs were read from (a .npz path, "phantom"); named in errors, not part of the data
     origin: str | None = field(default=None, repr=False, compare=False)
 
@@ -63,6 +79,18 @@ class ROIDataset:
             self.boxes = np.asarray(self.boxes, dtype=np.int32)
         if self.group is not None:
             self.group = np.asarray(self.group).astype(str)
+        for name in CONTEXT_KEYS:
+            arr = getattr(self, name)
+            if arr is not None:
+                arr = np.asarray(arr)
+                if arr.dtype.kind not in "biuf":
+                    raise KerassegError(f"{name} must be real numbers, got dtype {arr.dtype}")
+                if name == "context_mask" and arr.size and not np.isin(arr, (0, 1)).all():
+                    raise KerassegError("context_mask must contain only 0 and 1 (binary)")
+                setattr(self, name, arr.astype(np.uint8 if name == "context_mask" else np.float32))
+        if self.context is not None and self.context_valid is None:
+            c = self.context.shape[-1] if self.context.ndim == 3 else 0
+            self.context_valid = np.tile(np.asarray([0, 0, c, c], np.float32), (len(self.context), 1))
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -96,6 +124,7 @@ class ROIDataset:
                 raise KerassegError("group labels must be non-empty strings", path)
         if self.boxes is not None and self.boxes.shape != (n, 4):
             raise KerassegError(f"boxes must have shape ({n}, 4), got {self.boxes.shape}", path)
+        self._validate_context(n, path)
         bad = sorted(set(self.split.tolist()) - set(SPLITS))
         if bad:
             raise KerassegError(f"unknown split label(s) {bad}; allowed: {list(SPLITS)}", path)
@@ -105,6 +134,46 @@ class ROIDataset:
             raise KerassegError("ids are not unique", path)
         if n and not np.all(np.isfinite(self.images)):
             raise KerassegError("images contain NaN or infinite values", path)
+
+    def _validate_context(self, n: int, path) -> None:
+        present = [k for k in CONTEXT_KEYS if getattr(self, k) is not None]
+        if not present:
+            return
+        missing = [k for k in ("context", "context_mask", "context_box") if getattr(self, k) is None]
+        if missing:
+            raise KerassegError(f"context windows need {missing} too (has {present})", path)
+        c = self.context
+        if c.ndim != 3 or c.shape[0] != n or c.shape[1] != c.shape[2] or c.shape[1] < 8:
+            raise KerassegError(f"context must be ({n}, C, C) with C >= 8, got {c.shape}", path)
+        side = c.shape[1]
+        if self.context_mask.shape != c.shape:
+            raise KerassegError(f"context_mask shape {self.context_mask.shape} differs from context "
+                                f"shape {c.shape}", path)
+        for name in ("context_box", "context_valid"):
+            box = getattr(self, name)
+            if box.shape != (n, 4):
+                raise KerassegError(f"{name} must have shape ({n}, 4), got {box.shape}", path)
+            bad = ~(np.isfinite(box).all(1) & (box[:, 0] >= 0) & (box[:, 1] >= 0) & (box[:, 2] <= side)
+                    & (box[:, 3] <= side) & (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1]))
+            if n and bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise KerassegError(f"{name} of {self.ids[i]} is not a box (y0, x0, y1, x1) inside the "
+                                    f"{side}x{side} window: {box[i].tolist()}", path)
+        if self.context_spacing_mm is not None and self.context_spacing_mm.shape != (n,):
+            raise KerassegError(f"context_spacing_mm must have shape ({n},), got "
+                                f"{self.context_spacing_mm.shape}", path)
+        if n and not np.all(np.isfinite(c)):
+            raise KerassegError("context contains NaN or infinite values", path)
+
+    @property
+    def has_context(self) -> bool:
+        """Whether the file carries context windows (needed for box jitter and any-box scoring)."""
+        return self.context is not None
+
+    def _context_fields(self, index=None) -> dict:
+        return {k: (None if getattr(self, k) is None else
+                    (getattr(self, k) if index is None else getattr(self, k)[index]))
+                for k in CONTEXT_KEYS}
 
     # ----------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -137,6 +206,7 @@ class ROIDataset:
             source=self.source,
             group=None if self.group is None else self.group[index],
             origin=self.origin,
+            **self._context_fields(index),
         )
 
     def groups(self) -> np.ndarray:
@@ -147,7 +217,7 @@ class ROIDataset:
         """The same ROIs with other split labels (e.g. one cross-validation fold)."""
         return ROIDataset(images=self.images, masks=self.masks, split=np.asarray(split), ids=self.ids,
                           spacing_mm=self.spacing_mm, boxes=self.boxes, source=self.source,
-                          group=self.group, origin=self.origin)
+                          group=self.group, origin=self.origin, **self._context_fields())
 
     def counts(self) -> dict:
         """Number of ROIs per split."""
@@ -185,6 +255,9 @@ def save_npz(ds: ROIDataset, path) -> Path:
         arrays["boxes"] = ds.boxes
     if ds.group is not None:
         arrays["group"] = ds.group
+    for key in CONTEXT_KEYS:
+        if getattr(ds, key) is not None:
+            arrays[key] = getattr(ds, key)
     return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
@@ -210,6 +283,7 @@ def load_npz(path) -> ROIDataset:
                 source=str(z["source"]) if "source" in z.files else "unknown",
                 group=z["group"] if "group" in z.files else None,
                 origin=str(path),
+                **{k: z[k] for k in CONTEXT_KEYS if k in z.files},
             )
     except KerassegError as exc:
         msg = str(exc)

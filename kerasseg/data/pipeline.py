@@ -13,7 +13,7 @@ import numpy as np
 
 from kerasseg.errors import KerassegError
 
-__all__ = ["make_tf_dataset", "flip_augment", "epoch_steps", "ORIENTATIONS"]
+__all__ = ["make_tf_dataset", "make_box_jitter_dataset", "flip_augment", "epoch_steps", "ORIENTATIONS"]
 
 #: order of the four orientations produced by :func:`flip_augment` and the training pipeline
 ORIENTATIONS = ("identity", "hflip", "vflip", "hvflip")
@@ -73,31 +73,74 @@ def make_tf_dataset(images, masks, batch_size, *, training, seed=0, flips=True,
     import tensorflow as tf
 
     x, y = _check_pair(images, masks)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise KerassegError(f"batch_size must be a positive integer, got {batch_size!r}")
-    for name, value in (("seed", seed), ("epoch", epoch)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise KerassegError(f"{name} must be a non-negative integer, got {value!r}")
+    _check_args(batch_size, seed, epoch)
     bs, drop = int(batch_size), bool(drop_remainder)
 
-    def encode(img, msk):
-        return img[..., None], tf.one_hot(tf.cast(msk, tf.int32), 2, dtype=tf.float32)
-
     if not training:
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).map(encode).cache()
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).map(_encode).cache()
         return ds.batch(bs, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
 
     if flips:
         x, y = flip_augment(x, y)
     xt, yt = tf.constant(x), tf.constant(y)
-    n = len(x)
+    return _epochs(lambda e: (xt, yt), bs, seed, epoch, repeat, drop)
+
+
+def make_box_jitter_dataset(ds, preprocess, jitter, batch_size, *, seed=0, flips=True,
+                            drop_remainder=False, epoch=0, repeat=False):
+    """The training pipeline with box jitter (config ``data.box_jitter``, :mod:`kerasseg.data.boxes`).
+
+    Every epoch ``e`` draws one box per ROI of ``ds`` (an :class:`~kerasseg.data.dataset.ROIDataset`
+    with context windows) from ``(seed, e)``, crops image and mask from the windows, resizes both to
+    the ROI size with the one resize, runs ``preprocess`` (the model's own preprocessing layer: raw
+    (N, S, S, 1) -> network input (N, S, S, 1)) over the epoch's crops, then applies the flips and the
+    ``(seed, e)`` order of :func:`make_tf_dataset`. The batches are as :func:`make_tf_dataset`'s; a
+    resumed run sees the same boxes and order.
+    """
+    import tensorflow as tf
+
+    from kerasseg.data.boxes import epoch_views
+
+    _check_args(batch_size, seed, epoch)
+
+    def views(e):
+        x, m = epoch_views(ds, jitter, seed, e)
+        x = tf.cast(preprocess(x[..., tf.newaxis]), tf.float32)[..., 0]
+        if flips:
+            x = tf.concat([x, x[:, :, ::-1], x[:, ::-1, :], x[:, ::-1, ::-1]], axis=0)
+            m = tf.concat([m, m[:, :, ::-1], m[:, ::-1, :], m[:, ::-1, ::-1]], axis=0)
+        return x, tf.cast(m, tf.uint8)
+
+    return _epochs(views, int(batch_size), seed, epoch, repeat, bool(drop_remainder))
+
+
+def _check_args(batch_size, seed, epoch):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise KerassegError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for name, value in (("seed", seed), ("epoch", epoch)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise KerassegError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _encode(img, msk):
+    import tensorflow as tf
+
+    return img[..., None], tf.one_hot(tf.cast(msk, tf.int32), 2, dtype=tf.float32)
+
+
+def _epochs(examples, bs, seed, epoch, repeat, drop):
+    """Batches of epoch ``epoch`` (then ``epoch + 1``, ... with ``repeat``): ``examples(e)`` gives the
+    epoch's (images, masks) tensors, shuffled by a permutation keyed by ``(seed, e)`` only."""
+    import tensorflow as tf
 
     def one_epoch(e):
+        xt, yt = examples(e)
+        n = tf.shape(xt)[0]
         key = tf.stack([tf.constant(int(seed), tf.int64), tf.cast(e, tf.int64)])
         order = tf.argsort(tf.random.stateless_uniform([n], seed=key, dtype=tf.float32),
                            stable=True)
         idx = tf.data.Dataset.from_tensor_slices(order).batch(bs, drop_remainder=drop)
-        return idx.map(lambda i: encode(tf.gather(xt, i), tf.gather(yt, i)))
+        return idx.map(lambda i: _encode(tf.gather(xt, i), tf.gather(yt, i)))
 
     if repeat:
         ds = tf.data.Dataset.counter(start=int(epoch)).flat_map(one_epoch)

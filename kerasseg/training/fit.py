@@ -342,7 +342,8 @@ def _results(out: Path, segmenter, ds, status: str, best_epoch, t0: float) -> Ru
 def _inputs(cfg: dict, ds, seed: int, replicas: int, start: int):
     """The preprocessing (fitted on the TRAIN split), the position prior, the global batch size and
     the train (endless, from epoch ``start``) and validation tf.data pipelines."""
-    from kerasseg.data.pipeline import epoch_steps, make_tf_dataset
+    from kerasseg.data.boxes import VALIDATION_EPOCH, BoxJitter, jitter_views, need_context
+    from kerasseg.data.pipeline import epoch_steps, make_box_jitter_dataset, make_tf_dataset
     from kerasseg.layers.preprocessing import ImagePreprocessor
     from kerasseg.layers.prior import prior_from_masks
     from kerasseg.training.strategy import eval_batch_size
@@ -366,10 +367,23 @@ def _inputs(cfg: dict, ds, seed: int, replicas: int, start: int):
     if drop:
         warn(f"the last training batch of each epoch ({n_examples % bs} examples) is smaller than "
              f"the {replicas} replicas; it is dropped")
-    train_ds = make_tf_dataset(x_tr, train.masks, bs, training=True, seed=seed, flips=flips,
-                               epoch=start, repeat=True, drop_remainder=drop)
+    jitter = BoxJitter.from_config(cfg["data"].get("box_jitter"))
+    val_masks = val.masks
+    if jitter is None:
+        train_ds = make_tf_dataset(x_tr, train.masks, bs, training=True, seed=seed, flips=flips,
+                                   epoch=start, repeat=True, drop_remainder=drop)
+    else:
+        need_context(ds, "data.box_jitter")
+        train_ds = make_box_jitter_dataset(train, pre, jitter, bs, seed=seed, flips=flips, epoch=start,
+                                           repeat=True, drop_remainder=drop)
+        # the best epoch is chosen on one fixed jittered draw of the val ROIs (the training
+        # distribution), beside the tight val ROIs when training also sees tight boxes
+        jx, jm = jitter_views(val, jitter, seed, VALIDATION_EPOCH)
+        jx = pre.transform(jx)[..., 0]
+        x_val, val_masks = ((np.concatenate([x_val, jx]), np.concatenate([val.masks, jm]))
+                            if jitter.tight > 0 else (jx, jm))
     steps = epoch_steps(len(x_tr), bs, flips=flips, drop_remainder=drop)
     # every validation batch splits across the replicas with none empty (sums, no padding)
-    val_ds = make_tf_dataset(x_val, val.masks, eval_batch_size(len(x_val), bs, replicas),
+    val_ds = make_tf_dataset(x_val, val_masks, eval_batch_size(len(x_val), bs, replicas),
                              training=False)
     return pre, prior, bs, train_ds, steps, val_ds
