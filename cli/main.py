@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import click  # noqa: E402
 
 from kerasseg import __version__  # noqa: E402
-from kerasseg.errors import KerassegError  # noqa: E402
+from kerasseg.errors import Interrupted, KerassegError  # noqa: E402
 
 
 def _quiet_tensorflow_start():
@@ -76,6 +76,9 @@ class KerassegGroup(click.Group):
             return super().invoke(ctx)
         except KerassegError as exc:
             raise click.ClickException(str(exc)) from None
+        except Interrupted as exc:  # resumable state saved: exit 130 (SIGINT) / 143 (SIGTERM)
+            click.echo(f"Interrupted: {exc}", err=True)
+            ctx.exit(exc.exit_code)
 
 
 @click.group(cls=KerassegGroup, context_settings={"help_option_names": ["-h", "--help"]})

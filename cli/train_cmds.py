@@ -36,12 +36,9 @@ def fit_cmd(config, data, out_dir, epochs, seed, devices, dataset, folds):
         return
     from kerasseg.training import fit
 
-    result = fit(config, data=data, out_dir=out_dir, epochs=epochs, seed=seed,
-                 devices=devices, dataset=dataset)
-    if result.status == "interrupted":
-        click.echo("Interrupted: the best model so far is saved; run the same command to resume.",
-                   err=True)
-    click.echo(result.summary())
+    # Ctrl-C / SIGTERM: fit saves a resumable state and raises Interrupted (exit 130 / 143)
+    click.echo(fit(config, data=data, out_dir=out_dir, epochs=epochs, seed=seed,
+                   devices=devices, dataset=dataset).summary())
 
 
 COMMANDS = [fit_cmd]

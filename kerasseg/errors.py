@@ -45,3 +45,74 @@ def warn(message: str, path=None) -> None:
     if path is not None:
         message = f"{path}: {message}"
     warnings.warn(message, KerassegWarning, stacklevel=2)
+
+
+class Interrupted(Exception):
+    """Long work stopped by SIGINT (Ctrl-C) or SIGTERM after saving a resumable state.
+
+    Not a :class:`KerassegError`: the CLI prints the message and exits with ``128 + signum``
+    (130 for Ctrl-C, 143 for SIGTERM), the shell's convention, so ``kerasseg fit && kerasseg
+    export`` never exports a half-trained model.
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _SignalHandlers:
+    def __init__(self, deferred: bool):
+        self.saved = {}
+        self.deferred = deferred
+        self.pending = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+
+        def handler(signum, _frame):
+            if self.deferred and self.pending is None:
+                self.pending = signum   # raised by check() at the next safe point
+                return
+            raise KeyboardInterrupt(signum)  # a second signal (or not deferred): at once
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, handler)
+        return self
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt(signum)`` if a signal arrived (the safe point of deferred use)."""
+        if self.pending is not None:
+            raise KeyboardInterrupt(self.pending)
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)
+        self.saved.clear()
+        return False
+
+
+def stop_on_signals(deferred: bool = False):
+    """A context manager under which SIGINT and SIGTERM raise ``KeyboardInterrupt(signum)`` (in the
+    main thread; elsewhere it does nothing), so long work can save a resumable state and raise
+    :class:`Interrupted`. ``deferred=True``: the first signal is only recorded and raised by the
+    manager's ``check()`` at the work's next safe point (training: after a batch, never inside a
+    checkpoint write); a second one raises at once. :func:`signal_number` reads the number back."""
+    return _SignalHandlers(deferred)
+
+
+def signal_number(exc: BaseException) -> int:
+    """The signal of a ``KeyboardInterrupt`` raised under :func:`stop_on_signals` (SIGINT otherwise)."""
+    import signal
+
+    args = getattr(exc, "args", ())
+    return int(args[0]) if args and isinstance(args[0], int) else int(signal.SIGINT)

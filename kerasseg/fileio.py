@@ -29,6 +29,7 @@ def atomic_path(path, suffix: str = ".tmp"):
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise KerassegError("output folder does not exist", parent)
+    check_regular(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
     except OSError as exc:
@@ -44,6 +45,24 @@ def atomic_path(path, suffix: str = ".tmp"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_regular(path) -> None:
+    """Outputs go to regular files or new paths only: a one-line :class:`KerassegError` when
+    ``path`` exists and is a device, pipe or socket (renaming onto it would replace ``/dev/null``)."""
+    p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        raise KerassegError("output path exists and is not a regular file (a device, pipe or socket); "
+                            "give a new file name", p)
+
+
+def save_model(model, path) -> Path:
+    """``model.save`` to ``path`` (a ``.keras`` file) atomically: a new random ``.keras`` name beside it
+    (created with O_EXCL, never a fixed name that a symlink could redirect), then renamed."""
+    path = Path(path)
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+    return path
 
 
 def atomic_write(path, write_fn, mode: str = "wb") -> Path:
@@ -142,6 +161,7 @@ def output_file(path, suffix: str | None = None) -> Path:
     path = Path(path)
     if path.is_dir():
         raise KerassegError("output path is a folder; give a file name", path)
+    check_regular(path)
     if suffix and path.suffix != suffix:
         path = path.with_name(path.name + suffix)
         if path.is_dir():
@@ -154,7 +174,61 @@ def output_file(path, suffix: str | None = None) -> Path:
         raise KerassegError("output folder does not exist", parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise KerassegError("output folder is not writable", parent)
+    check_regular(path)
     return path
+
+
+@contextmanager
+def folder_lock(folder, what: str = "folder"):
+    """Hold an advisory lock on ``folder`` (it need not exist yet) for the block.
+
+    The lock is ``.<name>.lock`` beside the folder, held with ``flock`` (released by the kernel when
+    the process ends, so a killed command leaves no stale lock) and holding the owner's pid. A
+    second kerasseg command on the same folder gets a one-line :class:`KerassegError` "in use by
+    pid N" at once instead of both writing. The lock file is removed on release; a lock file
+    swapped or removed while waiting is detected (inode check) and taken again.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    parent = folder.parent if str(folder.parent) else Path(".")
+    lock = parent / f".{folder.name}.lock"
+    if not parent.is_dir():
+        raise KerassegError("output folder does not exist", parent)
+    check_regular(lock)
+    for _ in range(20):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise KerassegError(f"cannot lock the {what} ({exc.strerror or exc})", folder) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise KerassegError(f"{what} is in use by pid {owner} (another kerasseg command); wait for "
+                                "it to finish or use another output", folder) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was replaced or removed after we opened it: take the new one
+    else:
+        raise KerassegError(f"cannot lock the {what} (its lock file keeps changing)", folder)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield folder
+    finally:
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def fsync_dir(path) -> None:

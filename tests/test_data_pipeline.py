@@ -24,10 +24,11 @@ def _toy(rng, n_train=6, n_test=4, size=12):
 
 # --------------------------------------------------------------------------- references
 def np_image_norm(x):
-    """Per image: (x - mean) / max(population std, 1e-6), float64."""
+    """Per image: (x - mean) / max(population std, 1e-6 * max |x|), float64."""
     x = np.asarray(x, np.float64)
     mean = x.mean(axis=(1, 2), keepdims=True)
-    return (x - mean) / np.maximum(x.std(axis=(1, 2), keepdims=True), 1e-6)
+    floor = 1e-6 * np.abs(x).max(axis=(1, 2), keepdims=True)
+    return (x - mean) / np.maximum(x.std(axis=(1, 2), keepdims=True), np.maximum(floor, 1e-300))
 
 
 def np_position_stats(train):

@@ -151,7 +151,9 @@ class Normalize(keras.layers.Layer):
     """Intensity normalisation of S x S grey ROIs.
 
     Args:
-        mode: ``"image"`` (per image: zero mean, unit population std floored at 1e-6),
+        mode: ``"image"`` (per image: zero mean, unit population std floored at 1e-6 times the
+            image's largest absolute value; independent of the intensity scale, finite for any
+            finite input),
             ``"position"`` (subtract the per-pixel mean map, divide by the std map; both from
             :meth:`adapt` on the TRAIN ROIs and stored as non-trainable weights) or ``"none"``.
 
@@ -204,6 +206,11 @@ class Normalize(keras.layers.Layer):
     def call(self, x):
         g = _grey4(x)
         if self.mode == "image":
+            # computed on the image divided by its largest |value|: the squares cannot overflow
+            # (ROIs scaled by 1e17 and more) nor vanish (1e-20 and less), and the result does not
+            # depend on the intensity scale; the std floor is EPS of that scale
+            scale = tf.reduce_max(tf.abs(g), axis=[1, 2], keepdims=True)
+            g = g / tf.where(scale > 0, scale, tf.ones_like(scale))
             mean = tf.reduce_mean(g, axis=[1, 2], keepdims=True)
             var = tf.reduce_mean(tf.square(g - mean), axis=[1, 2], keepdims=True)
             g = (g - mean) / tf.maximum(tf.sqrt(var), EPS)

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import keras
@@ -190,15 +189,14 @@ class BestModel(keras.callbacks.Callback):
         self.scores[e] = value
         if value > previous or self.saved_epoch is None:
             self._save(writing_epoch=e)  # write-ahead: model.keras may hold epoch e from here on
-            tmp = self.model_path.with_name(f".{self.model_path.stem}.tmp.keras")
-            try:
-                self.net.save(tmp)
-                os.replace(tmp, self.model_path)
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                from kerasseg.errors import KerassegError
+            from kerasseg.errors import KerassegError
+            from kerasseg.fileio import save_model
 
-                raise KerassegError(f"cannot write the best model of epoch {e} ({exc.strerror or exc}); "
+            try:  # a random O_EXCL temp name beside model.keras, then renamed
+                save_model(self.net, self.model_path)
+            except KerassegError as exc:
+                why = str(exc).rsplit("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
+                raise KerassegError(f"cannot write the best model of epoch {e} ({why}); "
                                     "the last checkpoint is kept: free space and run the same "
                                     "command to resume", self.model_path) from None
             self.saved_epoch = e
@@ -266,3 +264,18 @@ class Checkpoint(keras.callbacks.Callback):
         final = done >= self.epochs or bool(getattr(self.model, "stop_training", False))
         meta = {**self.meta, "callbacks": {k: cb.get_state() for k, cb in self.stateful.items()}}
         write_unit(self.folder, done, model_arrays(self.model), meta, final=final)
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Raise the signal that :func:`kerasseg.errors.stop_on_signals` (deferred) recorded at the end of a
+    batch, so an interrupted run stops between batches with its last checkpoint unit complete."""
+
+    def __init__(self, handlers):
+        super().__init__()
+        self.handlers = handlers
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.handlers.check()
+
+    def on_epoch_end(self, epoch, logs=None):  # after Checkpoint (the last callback before this)
+        self.handlers.check()

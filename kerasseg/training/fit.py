@@ -21,6 +21,7 @@ Ctrl-C stops after the current batch, keeps the backup and writes ``run.json`` w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -134,21 +135,13 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
 
     strategy = get_strategy(devices)  # before any other TensorFlow work (logical CPUs)
 
-    import keras
-    import tensorflow as tf
-
-    from kerasseg.config import save_config
-    from kerasseg.models.segmenter import build_segmenter, quiet_own_retracing
-    from kerasseg.training.callbacks import (BestModel, Checkpoint, HistoryCSV, ScalarLogger,
-                                             StopOnNonFinite, atomic_write_text)
+    from kerasseg.models.segmenter import quiet_own_retracing
 
     quiet_own_retracing()  # several runs in one process (folds, reproduce) are not retracing
     t0 = time.time()
     ds, cfg, key, counts = _resolve(config, data, epochs, seed, dataset)
-    seed = cfg["train"]["seed"]
 
-    from kerasseg.fileio import fault_point, output_dir, staged_dir
-    from kerasseg.training.checkpoint import remove_checkpoints, restore_model_arrays
+    from kerasseg.fileio import folder_lock, output_dir
     from kerasseg.training.strategy import cluster_role
 
     replicas = strategy.num_replicas_in_sync
@@ -159,8 +152,30 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
     out = Path(out_dir or f"runs/{cfg['name']}")
     if not chief:
         out = out / f".{role}"
-    fresh_dir = not out.exists()
     output_dir(out, "run folder", create=False)  # created (staged) just before training
+    with contextlib.ExitStack() as stack:
+        if chief:  # one command per run folder (workers write only their own .worker-N folders)
+            output_dir(out.parent, "folder of the run folder")
+            stack.enter_context(folder_lock(out, "run folder"))
+        return _fit_locked(strategy, ds, cfg, key, counts, data, out, t0, verbose)
+
+
+def _fit_locked(strategy, ds, cfg, key, counts, data, out, t0, verbose) -> RunResult:
+    """:func:`fit` once the run folder is locked."""
+    import keras
+    import tensorflow as tf
+
+    from kerasseg.config import save_config
+    from kerasseg.errors import Interrupted, signal_number, stop_on_signals
+    from kerasseg.fileio import fault_point, output_dir, staged_dir
+    from kerasseg.models.segmenter import build_segmenter
+    from kerasseg.training.callbacks import (BestModel, Checkpoint, HistoryCSV, ScalarLogger,
+                                             StopOnNonFinite, StopOnSignal, atomic_write_text)
+    from kerasseg.training.checkpoint import remove_checkpoints, restore_model_arrays
+
+    seed = cfg["train"]["seed"]
+    replicas = strategy.num_replicas_in_sync
+    fresh_dir = not out.exists()
     run_json = out / "run.json"
     backup = out / "backup"
     unit, resuming = _open_run(out, cfg, ds)
@@ -188,7 +203,7 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
             warn("train.jit_compile: XLA is off for this run (op determinism was already "
                  "enabled in this process by an earlier run, or a layer does not support XLA)")
 
-    running = {"status": "running", "config": cfg["name"], "data": data or "phantom",
+    running = {"status": "running", "config": cfg["name"], "data": recorded_path(data),
                "data_hash": ds.data_hash()}   # what a resume is checked against
     if fresh_dir and not os.environ.get("TF_CONFIG"):  # (workers share the parent: no staging)
         # a run folder appears only once everything above has worked
@@ -217,29 +232,44 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
         Checkpoint(backup, total, {"history": history, "best": best},
                    {"seed": seed, "data_hash": ds.data_hash(), "config": cfg["name"]}),
     ]
-    meta = {"config": cfg["name"], "dataset": key, "data": data or "phantom",
+    meta = {"config": cfg["name"], "dataset": key, "data": recorded_path(data),
             "data_hash": ds.data_hash(), "counts": counts, "seed": seed,
             "replicas": replicas, "global_batch_size": bs, "strategy": _strategy_name(strategy),
             "versions": _versions(), "resumed": resuming, "jit_compile": bool(model.jit_compile),
             "op_determinism": not jit}
-    status = "finished"
-    if unit and (unit.final or unit.epoch >= total) and (out / "model.keras").is_file():
-        pass  # training is complete (killed before run.json): only the results are left to write
-    else:
+    if not (unit and (unit.final or unit.epoch >= total) and (out / "model.keras").is_file()):
+        # (else training is complete, killed before run.json: only the results are left to write)
         try:
-            model.fit(train_ds, validation_data=val_ds, epochs=total, initial_epoch=start,
-                      steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
-                      shuffle=False)  # the tf.data pipeline orders each epoch
-        except KeyboardInterrupt:
-            status = "interrupted"
-    if status == "finished":
-        fault_point("fit.after_last_epoch")
-    result = _results(out, segmenter, ds, status, best.best_epoch, t0)
+            # Ctrl-C / SIGTERM: stop after the current batch, the last checkpoint unit complete
+            with stop_on_signals(deferred=True) as handlers:
+                model.fit(train_ds, validation_data=val_ds, epochs=total, initial_epoch=start,
+                          steps_per_epoch=steps, callbacks=[*callbacks, StopOnSignal(handlers)],
+                          verbose=verbose, shuffle=False)  # the tf.data pipeline orders each epoch
+        except KeyboardInterrupt as exc:
+            import signal
+
+            signum = signal_number(exc)
+            from kerasseg.training.callbacks import read_history
+
+            done = len(read_history(out / "history.csv"))
+            meta.update({"status": "interrupted", "signal": signal.Signals(signum).name,
+                         "best_epoch": best.best_epoch, "epochs_run": done})
+            atomic_write_text(run_json, json.dumps(meta, indent=2))  # the backup stays: resumable
+            raise Interrupted(f"{out}: training interrupted by {signal.Signals(signum).name}; the state "
+                              "after the last completed epoch is kept: run the same command to resume",
+                              signum) from None
+    fault_point("fit.after_last_epoch")
+    result = _results(out, segmenter, ds, "finished", best.best_epoch, t0)
     meta.update(asdict(result))
     atomic_write_text(run_json, json.dumps(meta, indent=2))
-    if status == "finished":
-        remove_checkpoints(backup)  # run.json now says finished: the final unit is not needed
+    remove_checkpoints(backup)  # run.json now says finished: the final unit is not needed
     return result
+
+
+def recorded_path(data) -> str:
+    """The data as recorded in run.json: "phantom" or the absolute path of the file (a later
+    ``evaluate`` from another folder finds the same file; its data hash is recorded beside it)."""
+    return "phantom" if data in (None, "phantom") else str(Path(data).resolve())
 
 
 def _resolve(config, data, epochs, seed, dataset):
@@ -289,6 +319,9 @@ def _open_run(out: Path, cfg: dict, ds):
     resuming = backup.is_dir()
     if recorded.get("status") == "finished" and not resuming:
         raise KerassegError("holds a finished run; choose another --out or delete it", out)
+    if not run_json.is_file() and not resuming and (out / "model.keras").is_file():
+        raise KerassegError("holds a model.keras but no run.json (a finished run whose run.json was lost?); "
+                            "it is not retrained over: choose another --out, or delete the folder", out)
     cfg_text_path = out / "config.yaml"
     if resuming and cfg_text_path.is_file():
         from kerasseg.config import to_yaml
@@ -311,12 +344,9 @@ def _results(out: Path, segmenter, ds, status: str, best_epoch, t0: float) -> Ru
 
     hist = read_history(out / "history.csv")
     if not (out / "model.keras").exists():
-        try:
-            segmenter.save(out / ".model.tmp.keras")
-            os.replace(out / ".model.tmp.keras", out / "model.keras")
-        except OSError as exc:
-            (out / ".model.tmp.keras").unlink(missing_ok=True)
-            raise KerassegError(f"cannot write model.keras ({exc.strerror or exc})", out) from None
+        from kerasseg.fileio import save_model
+
+        save_model(segmenter, out / "model.keras")
     from kerasseg.training.run import load_run
 
     from kerasseg.models.segmenter import segment_function

@@ -146,13 +146,9 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
     are kept, an unfinished fold resumes from its checkpoint.
     """
     from kerasseg.config import resolve_config
-    from kerasseg.data.dataset import save_npz
     from kerasseg.data.sources import load_data
-    from kerasseg.fileio import output_dir
-    from kerasseg.training.baselines import otsu_masks, prior_mask
-    from kerasseg.training.fit import fit
-    from kerasseg.training.metrics import binarize
-    from kerasseg.training.run import load_run
+    from kerasseg.errors import Interrupted
+    from kerasseg.fileio import folder_lock, output_dir
 
     t0 = time.time()
     ds = load_data(data)
@@ -171,11 +167,45 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
     except KerassegError as exc:
         raise KerassegError(str(exc), ds.origin) from None
     k_folds = int(folds)
-    out = output_dir(Path(out_dir or f"runs/{cfg['name']}-cv{k_folds}"), "cross-validation folder")
+    out = Path(out_dir or f"runs/{cfg['name']}-cv{k_folds}")
+    output_dir(out.parent, "folder of the cross-validation folder")
+    with folder_lock(out, "cross-validation folder"):
+        output_dir(out, "cross-validation folder")
+        try:
+            return _fit_folds_locked(config, ds, cfg, data, out, fold, groups, k_folds, epochs, seed,
+                                     devices, dataset, verbose, t0)
+        except Interrupted:
+            _mark(out, "interrupted")
+            raise
+
+
+def _mark(out: Path, status: str) -> None:
+    """Set cv.json's status (an interrupted CV is resumable, never "finished")."""
+    try:
+        cv = json.loads((out / "cv.json").read_text())
+    except (OSError, ValueError):
+        return
+    if cv.get("status") != "finished":
+        write_json(out / "cv.json", {**cv, "status": status})
+
+
+def _fit_folds_locked(config, ds, cfg, data, out, fold, groups, k_folds, epochs, seed, devices,
+                      dataset, verbose, t0) -> CVResult:
+    """:func:`fit_folds` once the folder is locked."""
+    from kerasseg.data.dataset import save_npz
+    from kerasseg.training.baselines import otsu_masks, prior_mask
+    from kerasseg.training.fit import fit, recorded_path
+    from kerasseg.training.metrics import binarize
+    from kerasseg.training.run import load_run
+
+    if epochs is not None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
+        raise KerassegError(f"epochs must be a positive integer, got {epochs!r}")
+    # the epoch budget is part of what a rerun must match (else finished folds of another
+    # budget would be mixed into one ensemble)
     expect = {"kind": CV_KIND, "config": cfg["name"], "folds": k_folds, "seed": seed,
-              "data_hash": ds.data_hash(), "groups_hash": _groups_hash(groups)}
+              "data_hash": ds.data_hash(), "groups_hash": _groups_hash(groups), "epochs": epochs}
     _check_resume(out, expect)
-    state = {**expect, "status": "running", "data": str(data or "phantom"),
+    state = {**expect, "status": "running", "data": recorded_path(data),
              "n_groups": int(len(set(groups[fold > 0].tolist()))), "n_pool": int((fold > 0).sum()),
              "n_test": int((fold == 0).sum())}
     write_json(out / "cv.json", state)

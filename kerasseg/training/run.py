@@ -137,11 +137,18 @@ def load_ensemble_source(source) -> EnsembleSource:
     if cv.get("status") != "finished":
         raise KerassegError(f"cross-validation is not finished (status {cv.get('status')!r}); rerun "
                             "the same `kerasseg fit --folds` command to complete it", folds_dir)
+    post = dict(NO_POSTPROCESSING)
+    recorded = cv.get("postprocessing") or {}
+    if not isinstance(recorded, dict):
+        raise KerassegError(f"cv.json: postprocessing must be a mapping, got {recorded!r}", folds_dir)
+    for k, v in recorded.items():
+        if k in NO_POSTPROCESSING:
+            if not isinstance(v, bool):  # validated before use: bool("no") would be True
+                raise KerassegError(f"cv.json: postprocessing.{k} must be true or false, got {v!r}", folds_dir)
+            post[k] = v
     members, config = [], {}
     for k in range(1, int(cv["folds"]) + 1):
         model, cfg = load_run(folds_dir / f"fold-{k}")
         members.append(model)
         config = config or dict(cfg or {})
-    post = {**NO_POSTPROCESSING, **{k: bool(v) for k, v in (cv.get("postprocessing") or {}).items()
-                                    if k in NO_POSTPROCESSING}}
     return EnsembleSource(members, config, post, folds_dir, None, cv)
