@@ -14,13 +14,28 @@ import click
 @click.option("--tta", type=click.Choice(["none", "flips", "dihedral"]), default="none", show_default=True,
               help="Test-time augmentation: average over 4 flips or the 8 flips/rotations of each ROI.")
 @click.option("--no-figures", "no_figures", is_flag=True, help="Skip the PNG figures.")
-def evaluate_cmd(source, data, split, out, batch_size, tta, no_figures):
+@click.option("--box-margin", "box_margin", default=None, type=float, metavar="M",
+              help="Score at the tight box grown by M (fraction of its height/width) on every side, cut "
+                   "from the data's context windows; with the prior and Otsu at the same boxes. "
+                   "0 = the papers' tight box (default report folder: eval-<split>-box<M>).")
+@click.option("--box-shift", "box_shift", default=None, type=float, metavar="S",
+              help="Also move the box centre by S times the box size, in a direction fixed per ROI "
+                   "(by --box-seed).")
+@click.option("--box-seed", "box_seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the per-ROI shift directions.")
+@click.option("--robustness", is_flag=True,
+              help="Also Dice of the model and the prior vs box margin and vs shift: "
+                   "metrics.json['robustness'] and robustness.png.")
+def evaluate_cmd(source, data, split, out, batch_size, tta, no_figures, box_margin, box_shift, box_seed,
+                 robustness):
     """Evaluate RUN_DIR, a cross-validation folder (the ensemble of its folds) or MODEL.keras:
-    Dice, IoU, HD95, trimap accuracy, figures, predictions (+ uncertainty for ensembles/TTA)."""
+    Dice, IoU, HD95, trimap accuracy, figures, predictions (+ uncertainty for ensembles/TTA);
+    at other boxes than the tight one with --box-margin / --box-shift / --robustness."""
     from kerasseg.evaluation.report import evaluate_run
 
     evaluate_run(source, data=data, split=split, out_dir=out, tta=tta, batch_size=batch_size,
-                 figures=not no_figures, verbose=True)
+                 figures=not no_figures, verbose=True, box_margin=box_margin, box_shift=box_shift,
+                 box_seed=box_seed, robustness=robustness)
 
 
 @click.command(name="compare", short_help="Paired tests of two evaluation reports.")

@@ -110,11 +110,15 @@ def test_box_view_margin_zero_is_the_dataset_and_loose_boxes_shrink_the_mass(rng
 
 
 def test_scoring_shift_has_the_requested_length():
-    margins, shifts = scoring_draws(50, 0.1, 0.2, seed=3)
+    ids = [f"roi{i}" for i in range(50)]
+    margins, shifts = scoring_draws(ids, 0.1, 0.2, seed=3)
     np.testing.assert_allclose(np.hypot(shifts[:, 0], shifts[:, 1]), 0.2, rtol=1e-5)
     assert (margins == np.float32(0.1)).all()
+    # an ROI's direction depends on (seed, id) only, not on its place in the file
+    _, again = scoring_draws(ids[::-1][:10], 0.1, 0.2, seed=3)
+    np.testing.assert_array_equal(again, shifts[::-1][:10])
     with pytest.raises(KerassegError, match="box margin"):
-        scoring_draws(5, 0.9, 0.0)
+        scoring_draws(ids[:5], 0.9, 0.0)
 
 
 def test_box_view_without_windows_names_the_file_and_data_prepare(rng, tmp_path):

@@ -5,6 +5,8 @@
 - :func:`contour_grid` -- the best and the hardest cases with the ground-truth contour
   in red and the predicted contour in blue (CRU-Net Fig. 4/5).
 - :func:`trimap_plot` -- trimap accuracy versus band width (Zhu Fig. 4).
+- :func:`robustness_plot` -- Dice of the model and the prior versus the box margin (left) and
+  the box shift (right) (``kerasseg evaluate --robustness``).
 
 Every figure has a fixed pixel size (``figsize * dpi``), so callers know what they get.
 """
@@ -176,4 +178,39 @@ def uncertainty_grid(images, masks, preds, uncertainty, dice, path, k=5, ids=Non
         bottom.set_title(f"mean std {unc[i].mean():.3f}", fontsize=7)
     fig.colorbar(im, ax=axes[1, :].tolist(), orientation="horizontal", fraction=0.05, pad=0.05,
                  label="std of the mass probability (members x TTA)")
+    return save_figure(fig, path)
+
+
+def robustness_plot(table: dict, path, size=(10.0, 4.0)) -> Path:
+    """Dice (%) versus the box margin (left) and versus the box shift at margin
+    ``table["shift_margin"]`` (right) for the model, the prior and Otsu, mean ± std over ROIs as a
+    band; ``table`` is :func:`kerasseg.evaluation.report.robustness_table`'s dict."""
+    fig, axes = plt.subplots(1, 2, figsize=size, dpi=DPI)
+    panels = ((axes[0], table["by_margin"], "margin", "box margin (fraction of the box, per side)",
+               "Dice vs box margin (shift 0)"),
+              (axes[1], table["by_shift"], "shift", "box shift (fraction of the box size)",
+               f"Dice vs box shift (margin {table['shift_margin']:g})"))
+    styles = (("model", "model", "tab:blue", "-"), ("prior", "prior (mean train mask)", "tab:orange", "-"),
+              ("otsu", "Otsu", "tab:gray", "--"))
+    for ax, entries, xkey, xlabel, title in panels:
+        xs = np.array([e[xkey] for e in entries], np.float64)
+        for who, label, color, ls in styles:
+            mean = np.array([np.nan if e[f"{who}_dice_mean"] is None else e[f"{who}_dice_mean"]
+                             for e in entries], np.float64) * 100.0
+            std = np.array([np.nan if e[f"{who}_dice_std"] is None else e[f"{who}_dice_std"]
+                            for e in entries], np.float64) * 100.0
+            if np.all(np.isnan(mean)):
+                continue
+            ax.plot(xs, mean, marker="o", color=color, linestyle=ls, label=label)
+            if who != "otsu":
+                ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("Dice % (mean ± std over ROIs)")
+        ax.set_ylim(0, 100)
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+        ax.set_title(title)
+        ax.legend(loc="lower left", fontsize=7)
+    fig.suptitle(f"{table['split']} split, n={table['n']}", fontsize=9)
+    fig.tight_layout()
     return save_figure(fig, path)

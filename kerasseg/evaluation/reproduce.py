@@ -16,6 +16,12 @@ Every table ends with the model-free baselines on the same test ROIs: the mean m
 val ROIs thresholded at 0.5 (a pure position prior) and per-ROI Otsu thresholding; every model row
 gets a paired Wilcoxon test and bootstrap CI against the prior.
 
+When the data file has context windows (:mod:`kerasseg.data.boxes`), every report also holds
+the robustness table of ``kerasseg evaluate --robustness`` and every row of the table gets its
+worst Dice over the box margins :data:`WORST_MARGINS` (0 to 0.3 per side, shift 0; per margin the
+mean over seeds, then the minimum over margins; the baseline rows at the same boxes). Without
+windows the column says n/a and the table says why, once.
+
 Rows whose report already exists are skipped (resume). Each row is compared with the table's
 baseline (its first row) on the test images: Wilcoxon signed-rank and a paired bootstrap CI on the
 per-image Dice averaged over seeds, and McNemar's exact test on the pixel-wise discordant counts
@@ -33,6 +39,7 @@ from kerasseg.errors import KerassegError
 from kerasseg.evaluation import metrics as M
 from kerasseg.evaluation import stats as S
 from kerasseg.evaluation.compare import load_predictions
+from kerasseg.data.boxes import ROBUSTNESS_MARGINS
 from kerasseg.evaluation.report import evaluate_run
 from kerasseg.fileio import write_csv, write_json
 
@@ -66,6 +73,10 @@ TABLES: dict = {
 }
 
 QUICK_COUNTS = {"train": 8, "val": 4, "test": 8}
+#: the box margins of the "worst Dice over margins" column (shift 0)
+WORST_MARGINS = tuple(m for m in ROBUSTNESS_MARGINS if m <= 0.3)
+NO_WINDOWS = ("the data file has no context windows around the boxes, so no other box can be cut "
+              "(re-run `kerasseg data prepare`, which writes them)")
 
 
 def quick_subset(ds, counts=QUICK_COUNTS):
@@ -106,14 +117,19 @@ def _report_dirs(out: Path, row: str, seeds: int, folds) -> list:
     return [out / "runs" / row / f"seed{s}" / "eval-test" for s in range(seeds)]
 
 
-def baselines(ds) -> dict:
+def baselines(ds, margin: float = 0.0, views=None) -> dict:
     """The model-free baselines on the test ROIs of ``ds``: per-image Dice and predicted masks.
 
     ``prior``: the mean mask of the train and val ROIs (everything a model may learn from)
-    thresholded at 0.5; ``otsu``: per-ROI Otsu thresholding.
+    thresholded at 0.5; ``otsu``: per-ROI Otsu thresholding. ``margin``: every ROI (train, val and
+    test) cut at its tight box grown by that margin (:func:`kerasseg.data.boxes.box_view`; 0: the
+    ROIs of ``ds`` themselves); ``views``: a cache of the crops
+    (:func:`kerasseg.evaluation.report.cached_view`).
     """
+    from kerasseg.evaluation.report import cached_view
     from kerasseg.training.baselines import otsu_masks, prior_mask
 
+    ds = cached_view(ds, margin, 0.0, 0, views)
     test = ds.subset("test")
     seen = ds.select(ds.split != "test")
     preds = {"prior": np.broadcast_to(prior_mask(seen.masks), test.masks.shape).astype(np.uint8),
@@ -135,8 +151,15 @@ def _finished(run_dir) -> bool:
     return status == "finished" and (run_dir / "model.keras").is_file()
 
 
+#: the crops at other boxes of the data being reproduced (kerasseg.evaluation.report.cached_view):
+#: cut once per reproduce_table call, not once per row and seed
+_VIEWS: dict = {}
+
+
 def _evaluate(run_dir, ds, out_dir, figures):
-    return evaluate_run(run_dir, data=ds, split="test", out_dir=out_dir, figures=figures, verbose=False)
+    # with context windows the report also scores the model at other boxes (worst Dice over margins)
+    return evaluate_run(run_dir, data=ds, split="test", out_dir=out_dir, figures=figures, verbose=False,
+                        robustness=ds.has_context, views=_VIEWS if ds.has_context else None)
 
 
 def _fmt(mean, std=None, digits=2):
@@ -204,6 +227,15 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
             save_npz(ds, data_file)
         data_spec = str(data_file)
 
+    _VIEWS.clear()   # views of this call's data only
+    try:
+        return _run_cells(table, spec, ds, out, seeds, epochs, folds, quick, data_spec, progress, verbose)
+    finally:
+        _VIEWS.clear()
+
+
+def _run_cells(table, spec, ds, out, seeds, epochs, folds, quick, data_spec, progress, verbose) -> dict:
+    """Train and evaluate the missing cells of a reproduction, then tabulate (reproduce_table's body)."""
     cells = [(row, s, rep) for row, *_ in spec["rows"] for s, rep in enumerate(_report_dirs(out, row, seeds, folds))]
     bar = None
     if progress:
@@ -225,7 +257,12 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
     if bar is not None:
         bar.close()
 
-    result = tabulate(table, out, seeds, baselines=baselines(ds), folds=folds)
+    if ds.has_context:
+        worst = {"margins": WORST_MARGINS,
+                 "baselines": {m: baselines(ds, m, views=_VIEWS) for m in WORST_MARGINS}}
+    else:
+        worst = {"margins": WORST_MARGINS, "reason": NO_WINDOWS}
+    result = tabulate(table, out, seeds, baselines=baselines(ds), folds=folds, worst=worst)
     result.update({"data": data_spec or "phantom", "data_hash": ds.data_hash(), "quick": bool(quick),
                    "epochs": epochs})
     write_tables(result, out)
@@ -234,17 +271,24 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
     return result
 
 
-def tabulate(table: str, out, seeds: int, baselines=None, folds=None) -> dict:
+def tabulate(table: str, out, seeds: int, baselines=None, folds=None, worst=None) -> dict:
     """Collect the reports under ``out/runs`` into the table dict (with paired tests vs row 1 and,
-    given :func:`baselines`, vs the model-free prior, whose rows are appended)."""
+    given :func:`baselines`, vs the model-free prior, whose rows are appended).
+
+    ``worst``: ``{"margins": (...), "baselines": {margin: baselines(ds, margin)}}`` adds every row's
+    worst Dice over those box margins (``dice_worst_margin`` %, ``worst_margin``, ``dice_by_margin``;
+    a model row from its reports' robustness tables), or ``{"margins": ..., "reason": why not}``:
+    those keys are None and ``result["worst_margin"]["reason"]`` says why.
+    """
     spec = TABLES[table]
     out = Path(out)
     rows = []
     preds = {}
     for row, label, inb, ddsm in spec["rows"]:
-        per_seed, dice_img, pr = [], [], []
+        per_seed, dice_img, pr, robust = [], [], [], []
         for s, rep in enumerate(_report_dirs(out, row, seeds, folds)):
             m = json.loads((rep / "metrics.json").read_text())
+            robust.append(m.get("robustness"))
             p = load_predictions(rep)
             per_seed.append({"seed": s, "dice_mean": m["dice_mean"], "dice_pooled": m["dice_pooled"],
                              "hd95_px_mean": m["hd95_px_mean"], "trimap_accuracy": m["trimap_accuracy"],
@@ -266,6 +310,7 @@ def tabulate(table: str, out, seeds: int, baselines=None, folds=None) -> dict:
             "paper_inbreast": inb[0], "paper_inbreast_std": inb[1],
             "paper_ddsm": ddsm[0], "paper_ddsm_std": ddsm[1],
             "seeds": per_seed, "_dice_img": np.mean(np.array(dice_img), axis=0),
+            **_worst_from_reports(robust, worst),
         })
         if folds:
             cv = json.loads((out / "runs" / row / f"cv{int(folds)}" / "cv.json").read_text())
@@ -309,11 +354,57 @@ def tabulate(table: str, out, seeds: int, baselines=None, folds=None) -> dict:
                          "dice_pooled": 100 * M.pooled_dice(b["pred"], b["mask"]), "dice_pooled_std": 0.0,
                          "paper_inbreast": None, "paper_inbreast_std": None, "paper_ddsm": None,
                          "paper_ddsm_std": None, "seeds": [], "vs_baseline": None, "vs_prior": None,
-                         "_dice_img": b["dice_img"]})
+                         "_dice_img": b["dice_img"], **_worst_of_baseline(key, worst)})
     for r in rows:
         r["n_test"] = int(r.pop("_dice_img").size)
+    info = None
+    if worst is not None:
+        reason = worst.get("reason")
+        if reason is None and any(r["dice_worst_margin"] is None for r in rows):
+            reason = ("some reports were made without the robustness table (evaluated before it "
+                      "existed); delete their eval-test folders and run again to score them")
+        info = {"margins": [float(m) for m in worst["margins"]], "shift": 0.0, "reason": reason,
+                "definition": "per margin: the mean over seeds of the per-image mean Dice (%) at the "
+                              "tight box grown by that margin per side; the column is the minimum "
+                              "over margins (the baseline rows at the same boxes)"}
     return {"table": table, "title": spec["title"], "paper_metric": spec["metric"], "n_seeds": seeds,
-            "folds": folds, "rows": rows}
+            "folds": folds, "rows": rows, "worst_margin": info}
+
+
+def _worst(by_margin: dict) -> dict:
+    """The worst-margin keys of a row from ``{margin: Dice %}`` (None values: not available)."""
+    if not by_margin or any(v is None for v in by_margin.values()):
+        return {"dice_worst_margin": None, "worst_margin": None, "dice_by_margin": None}
+    m = min(by_margin, key=lambda k: (by_margin[k], k))
+    return {"dice_worst_margin": float(by_margin[m]), "worst_margin": float(m),
+            "dice_by_margin": {f"{k:g}": float(v) for k, v in by_margin.items()}}
+
+
+def _worst_from_reports(robust: list, worst) -> dict:
+    """A model row's worst Dice over ``worst["margins"]`` from its reports' robustness tables
+    (mean over seeds per margin)."""
+    if worst is None or worst.get("reason"):
+        return _worst({})
+    by_margin = {}
+    for margin in worst["margins"]:
+        vals = []
+        for table in robust:
+            entry = next((e for e in (table or {}).get("by_margin", ())
+                          if abs(e["margin"] - margin) < 1e-9 and e["shift"] == 0), None)
+            vals.append(None if entry is None else entry["model_dice_mean"])
+        by_margin[margin] = None if any(v is None for v in vals) else 100 * float(np.mean(vals))
+    return _worst(by_margin)
+
+
+def _worst_of_baseline(key: str, worst) -> dict:
+    if worst is None or worst.get("reason"):
+        return _worst({})
+    return _worst({m: 100 * float(worst["baselines"][m][key]["dice_img"].mean()) for m in worst["margins"]})
+
+
+def _margins(worst: dict) -> str:
+    ms = worst["margins"]
+    return f"{min(ms):g}–{max(ms):g}"
 
 
 def write_tables(result: dict, out) -> None:
@@ -325,6 +416,9 @@ def write_tables(result: dict, out) -> None:
     head = ["Method", "config", f"Dice % per-image mean{spread}", f"Dice % pooled{spread}",
             "paper INbreast", "paper DDSM-BCRP", "Δ Dice vs row 1 (pp)", "95% CI (pp)",
             "Wilcoxon p", "McNemar p", "Δ vs prior (pp)", "Wilcoxon p vs prior"]
+    worst = result.get("worst_margin")
+    if worst is not None:
+        head.append(f"worst Dice % over box margins {_margins(worst)}")
     if folds:
         head.insert(2, f"out-of-fold Dice % (± std over {folds} folds)")
     md = [f"# {result['title']}", "",
@@ -355,6 +449,9 @@ def write_tables(result: dict, out) -> None:
                  _fmt(r["paper_inbreast"], r["paper_inbreast_std"]), _fmt(r["paper_ddsm"], r["paper_ddsm_std"]),
                  ("–" if r.get("baseline") else "row 1") if diff is None else f"{diff:+.2f}",
                  "–" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]", _p(pw), _p(pm)] + prior_cells
+        if worst is not None:
+            cells.append("n/a" if r.get("dice_worst_margin") is None else
+                         f"{r['dice_worst_margin']:.2f} (at {r['worst_margin']:g})")
         if folds:
             cells.insert(2, "–" if r.get("baseline") else _fmt(r["oof_dice_mean"], r["oof_dice_std"]))
         md.append("| " + " | ".join(cells) + " |")
@@ -369,7 +466,14 @@ def write_tables(result: dict, out) -> None:
                          "" if not vp else f"{100 * vp['bootstrap']['mean_diff']:.4f}",
                          "" if not vp else f"{vp['wilcoxon']['pvalue']:.6g}",
                          "" if r.get("oof_dice_mean") is None else f"{r['oof_dice_mean']:.4f}",
-                         "" if r.get("oof_dice_std") is None else f"{r['oof_dice_std']:.4f}"])
+                         "" if r.get("oof_dice_std") is None else f"{r['oof_dice_std']:.4f}",
+                         "" if r.get("dice_worst_margin") is None else f"{r['dice_worst_margin']:.4f}",
+                         "" if r.get("worst_margin") is None else f"{r['worst_margin']:g}"])
+    if worst is not None:
+        md += ["", f"Worst Dice over box margins {_margins(worst)}: the tight box grown by each margin "
+                   "per side (shift 0), Dice averaged over seeds per margin, the lowest shown with its "
+                   "margin (`kerasseg evaluate --robustness` has the full curves)."
+               + ("" if not worst.get("reason") else f" n/a: {worst['reason']}.")]
     from kerasseg.fileio import atomic_write
 
     atomic_write(out / "table.md", lambda fh: fh.write("\n".join(md) + "\n"), "w")
@@ -377,7 +481,8 @@ def write_tables(result: dict, out) -> None:
               ["method", "config", "dice_mean", "dice_mean_std", "dice_pooled", "dice_pooled_std",
                "paper_inbreast", "paper_inbreast_std", "paper_ddsm", "paper_ddsm_std",
                "diff_vs_baseline", "ci_low", "ci_high", "wilcoxon_p", "mcnemar_p", "n_seeds",
-               "diff_vs_prior", "wilcoxon_p_vs_prior", "oof_dice_mean", "oof_dice_std"], csv_rows)
+               "diff_vs_prior", "wilcoxon_p_vs_prior", "oof_dice_mean", "oof_dice_std",
+               "dice_worst_margin", "worst_margin"], csv_rows)
     write_json(out / "table.json", result)
     from kerasseg.evaluation.plots import trimap_curves
 
