@@ -16,6 +16,17 @@ def _stats(values) -> str:
             f"max {v.max():.4g}")
 
 
+def _context_line(ds: ROIDataset) -> str:
+    """One line: whether the file has context windows (:mod:`kerasseg.data.dataset`), their size C."""
+    if not ds.has_context:
+        return "context windows: none"
+    c = ds.context.shape[1]
+    line = f"context windows: {c}x{c} pixels (side twice the tight box's longer side)"
+    valid = ds.context_valid
+    padded = int(np.sum(np.any(valid != np.asarray([0, 0, c, c], np.float32), axis=1)))
+    return line + (f", {padded} partly outside the image (edge-padded)" if padded else "")
+
+
 def summarize(ds: ROIDataset) -> str:
     """A multi-line text summary: counts per split, mask areas, intensity range."""
     n = len(ds)
@@ -25,6 +36,7 @@ def summarize(ds: ROIDataset) -> str:
     lines = [f"source: {ds.source}", f"ROIs: {n} of {h}x{w} pixels   data hash: {ds.data_hash()}"]
     counts = ds.counts()
     lines.append("split: " + "  ".join(f"{s} {counts[s]}" for s in SPLITS))
+    lines.append(_context_line(ds))
     if ds.group is not None:
         from kerasseg.data.splits import groups_across_splits
 

@@ -21,6 +21,16 @@ ROI pixel size after the resize (area-preserving: :func:`kerasseg.data.roi.roi_s
 ``0.07 * sqrt(w * h) / size``) and ``boxes``
 the ROI box (x0, y0, x1, y1, end exclusive) in the pixel coordinates of a virtual 3328 x 4084
 INbreast-sized image.
+
+**Context windows** (``context_size``, default 128; the dataset's ``context*`` arrays): the window
+of :func:`kerasseg.data.roi.context_window` around the mass's tight box (the mask's box, without the
+ROI's jitter; side twice its longer side), cut from the same synthetic image. The working canvas is
+smaller than that window, so the image is continued around it: the same parenchyma field (the FFT
+field is twice the canvas), dense tissue, overlapping blob and spicules, the same blur and
+transmission, with the quantum noise of the added pixels drawn from a random stream of their own;
+the canvas itself is pasted unchanged in the middle, so the ROIs (``images``, ``masks``) are exactly
+those drawn without windows. A part of a window beyond the FFT field (rare: a strongly off-centre
+outline at large ROI sizes) is edge-padded and left out of ``context_valid``.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 from kerasseg.data.dataset import ROIDataset
-from kerasseg.data.roi import resize_image, resize_mask, roi_spacing
+from kerasseg.data.roi import context_square, context_window, resize_roi, roi_spacing
 from kerasseg.errors import KerassegError
 
 SHAPES = ("round", "oval", "lobulated", "irregular")
@@ -54,21 +64,35 @@ def _amplitude(H, W, beta):
     return amp
 
 
-def _power_law_pair(shape, beta, rng, pad=2.0):
-    """Two independent power-law fields from one complex FFT (real and imaginary parts)."""
+def _power_law_pair(shape, beta, rng, pad=2.0, whole=None):
+    """Two independent power-law fields from one complex FFT (real and imaginary parts).
+
+    ``whole``: a dict that receives the whole FFT field (``"field"``), the crop's offset in it
+    (``"offset"``) and each part's normalisation (``"norm"``: (mean, sd) pairs), so the phantom can
+    continue the crop beyond its edges (context windows)."""
     h, w = int(shape[0]), int(shape[1])
     H, W = int(np.ceil(h * pad)), int(np.ceil(w * pad))
     amp = _amplitude(H, W, float(beta))
     phase = rng.uniform(0.0, 2.0 * np.pi, size=amp.shape)
     field = np.fft.ifft2(amp * np.exp(1j * phase))
     y0, x0 = (H - h) // 2, (W - w) // 2
-    out = []
+    out, norm = [], []
     for part in (field.real, field.imag):
         crop = part[y0:y0 + h, x0:x0 + w]
-        crop = crop - crop.mean()
+        mean = crop.mean()
+        crop = crop - mean
         sd = crop.std()
         out.append(crop / sd if sd > 0 else crop)
+        norm.append((mean, sd))
+    if whole is not None:
+        whole.update(field=field, offset=(y0, x0), norm=norm)
     return out
+
+
+def _normalised_part(part, mean, sd):
+    """A part of the FFT field normalised like its canvas crop (the same float operations)."""
+    part = part - mean
+    return part / sd if sd > 0 else part
 
 
 def power_law_background(shape, beta=3.0, rng=None, pad=2.0) -> np.ndarray:
@@ -140,12 +164,16 @@ def _outline_extent(aspect, angle, ks, amps, phases):
 def _resize_roi(image, mask, size):
     """Bicubic resize of the image; mask resized as float and thresholded at 0.5 - the same
     rule as the readers (:mod:`kerasseg.data.roi`), so phantom and real ROIs match."""
-    return resize_image(image, size), resize_mask(mask, size)
+    return resize_roi(image, mask, size)
 
 
 # --------------------------------------------------------------------------- one sample
-def _sample(rng, size, beta, difficulty):
-    """One ROI: returns image (size,size) float32, mask uint8, box, spacing, info dict."""
+def _sample(rng, size, beta, difficulty, context_size=0, context_rng=None):
+    """One ROI: returns image (size,size) float32, mask uint8, box, spacing, info dict and the
+    context window (:func:`kerasseg.data.roi.context_window`'s tuple; None for ``context_size=0``).
+
+    ``context_rng`` draws only the noise of the pixels added around the canvas for the window: the
+    draws of ``rng`` (and so the ROI) are the same with or without a window."""
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     margin = MARGINS[int(rng.integers(len(MARGINS)))]
     if margin == "spiculated" and shape in ("round", "oval") and rng.uniform() < 0.7:
@@ -177,13 +205,16 @@ def _sample(rng, size, beta, difficulty):
     thick = np.clip(1.0 - d * d, 0.0, None) ** alpha
 
     # Parenchyma: power-law field plus dense "blobs" (clipped field -> fibroglandular tissue).
-    bg, dense = _power_law_pair((C, C), beta, rng)
-    dense = np.clip(dense - rng.uniform(0.0, 0.8), 0.0, None)
+    whole = {}
+    bg, dense = _power_law_pair((C, C), beta, rng, whole=whole)
+    dense_off = rng.uniform(0.0, 0.8)
+    dense = np.clip(dense - dense_off, 0.0, None)
 
     k = difficulty
     bg_std = k * rng.uniform(0.35, 0.70)          # background modulation relative to mass contrast
     dense_amp = k * rng.uniform(0.10, 0.40)
     mu = bg_std * bg + dense_amp * dense
+    blob_args = spicules = None
 
     if margin == "obscured":
         sig = scale * rng.uniform(0.08, 0.16)
@@ -194,12 +225,15 @@ def _sample(rng, size, beta, difficulty):
         bx = cx + 0.9 * scale * np.cos(phi)
         bs = scale * rng.uniform(0.35, 0.6)
         blob = np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * bs * bs))
-        mu = mu + k * rng.uniform(0.4, 0.8) * blob
+        blob_amp = k * rng.uniform(0.4, 0.8)
+        mu = mu + blob_amp * blob
+        blob_args = (by, bx, bs, blob_amp)
     mu = mu + thick
 
     if margin == "spiculated":
         spic = np.zeros((C, C))
         n_sp = int(rng.integers(8, 20))
+        spicules = []
         for _ in range(n_sp):
             th = rng.uniform(0, 2 * np.pi)
             r0 = _eval_r(np.array([th]), ks, amps, phases)[0] * 0.9
@@ -210,16 +244,22 @@ def _sample(rng, size, beta, difficulty):
             ca, sa = np.cos(angle), np.sin(angle)
             px = cx + scale * (u * ca - v * sa)
             py = cy + scale * (u * sa + v * ca)
+            spicules.append((px, py))
             ok = (px >= 0) & (px < C - 1) & (py >= 0) & (py < C - 1)
             w = np.linspace(1.0, 0.2, ts.size)[ok]
             np.add.at(spic, (np.round(py[ok]).astype(int), np.round(px[ok]).astype(int)), w)
         spic = ndimage.gaussian_filter(np.minimum(spic, 1.0), 0.8)
-        mu = mu + rng.uniform(0.8, 1.6) * spic
+        spic_amp = rng.uniform(0.8, 1.6)
+        mu = mu + spic_amp * spic
+        spicules = (spicules, spic_amp)
 
     # System blur, transmission with quantum noise, log transform (dense = bright).
-    mu = ndimage.gaussian_filter(mu, rng.uniform(0.6, 1.0))
+    blur = rng.uniform(0.6, 1.0)
+    mu_pre_blur = mu
+    mu = ndimage.gaussian_filter(mu, blur)
     contrast = rng.uniform(0.08, 0.16)            # attenuation of the mass centre
-    mu_tot = 1.0 + contrast * (mu - mu.min())
+    mu_min = mu.min()
+    mu_tot = 1.0 + contrast * (mu - mu_min)
     n0 = rng.uniform(1500.0, 4000.0) / k ** 2
     counts = rng.poisson(n0 * np.exp(-mu_tot)).astype(np.float64)
     img = -np.log(np.maximum(counts, 0.5) / n0)
@@ -229,6 +269,13 @@ def _sample(rng, size, beta, difficulty):
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    context = None
+    tight = (int(x0), int(y0), int(x1), int(y1))
+    if context_size:
+        context = _context(
+            img, mask, tight, int(context_size), px_mm, context_rng,
+            whole=whole, mix=(bg_std, dense_amp, dense_off), blob=blob_args, spicules=spicules,
+            mu_pre_blur=mu_pre_blur, blur=blur, contrast=contrast, mu_min=mu_min, n0=n0)
     hj, wj = y1 - y0, x1 - x0
     jit = rng.uniform(-0.02, 0.08, size=4)
     y0 = int(np.clip(np.round(y0 - jit[0] * hj), 0, C - 2))
@@ -245,19 +292,72 @@ def _sample(rng, size, beta, difficulty):
     box = np.array([ox, oy, ox + bw, oy + bh]).round().astype(np.int32)
     spacing = roi_spacing(PIXEL_MM, bh, bw, size)
     info = {"shape": shape, "margin": margin, "area_mm2": area_mm2}
-    return roi_img, roi_mask, box, np.float32(spacing), info
+    if context is not None:  # the ROI's own (jittered) box in the window: (y0, x0, y1, x1)
+        top, left, side = context_square(tight)
+        f = context_size / side
+        info["roi_box_in_window"] = tuple(float(v) for v in
+                                          ((y0 - top) * f, (x0 - left) * f, (y1 - top) * f, (x1 - left) * f))
+    return roi_img, roi_mask, box, np.float32(spacing), info, context
+
+
+def _context(img, mask, box, context_size, px_mm, rng, *, whole, mix, blob, spicules, mu_pre_blur,
+             blur, contrast, mu_min, n0):
+    """The context window of one phantom mass: the canvas continued to the window's square (module
+    docstring) and :func:`~kerasseg.data.roi.context_window` on it; the canvas is pasted unchanged."""
+    C = img.shape[0]
+    top, left, side = context_square(box)
+    field = whole["field"]
+    fy, fx = whole["offset"]                          # canvas (0, 0) in the FFT field
+    # the rendered region: canvas and window together, inside the FFT field
+    r0, c0 = max(min(top, 0), -fy), max(min(left, 0), -fx)
+    r1, c1 = min(max(top + side, C), field.shape[0] - fy), min(max(left + side, C), field.shape[1] - fx)
+    sl = (slice(r0 + fy, r1 + fy), slice(c0 + fx, c1 + fx))
+    (m_bg, sd_bg), (m_dense, sd_dense) = whole["norm"]
+    bg_std, dense_amp, dense_off = mix
+    bg = _normalised_part(field.real[sl], m_bg, sd_bg)
+    dense = np.clip(_normalised_part(field.imag[sl], m_dense, sd_dense) - dense_off, 0.0, None)
+    mu = bg_std * bg + dense_amp * dense
+    if blob is not None:
+        by, bx, bs, blob_amp = blob
+        yy, xx = np.ogrid[r0:r1, c0:c1]
+        mu = mu + blob_amp * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * bs * bs))
+    if spicules is not None:
+        lines, spic_amp = spicules
+        spic = np.zeros(mu.shape)
+        for px, py in lines:
+            ok = (px >= c0) & (px < c1 - 1) & (py >= r0) & (py < r1 - 1)
+            w = np.linspace(1.0, 0.2, px.size)[ok]
+            np.add.at(spic, (np.round(py[ok]).astype(int) - r0, np.round(px[ok]).astype(int) - c0), w)
+        mu = mu + spic_amp * ndimage.gaussian_filter(np.minimum(spic, 1.0), 0.8)
+    inner = (slice(-r0, -r0 + C), slice(-c0, -c0 + C))  # the canvas in the region
+    mu[inner] = mu_pre_blur                             # the mass, blob and spicules as drawn
+    added = np.ones(mu.shape, bool)
+    added[inner] = False
+    lam = n0 * np.exp(-(1.0 + contrast * (ndimage.gaussian_filter(mu, blur)[added] - mu_min)))
+    out = np.empty(mu.shape)
+    out[added] = 400.0 + 1200.0 * -np.log(np.maximum(rng.poisson(lam), 0.5) / n0)
+    out[inner] = img
+    full_mask = np.zeros(mu.shape, np.uint8)
+    full_mask[inner] = mask
+    x0, y0, x1, y1 = box
+    return context_window(out, full_mask, (x0 - c0, y0 - r0, x1 - c0, y1 - r0), size=context_size,
+                          spacing=px_mm)
 
 
 # --------------------------------------------------------------------------- datasets
 def make_phantom(n_train=58, n_val=12, n_test=58, size=40, seed=0, *, beta=3.0,
-                 difficulty=1.0, return_info=False):
+                 difficulty=1.0, return_info=False, context_size=128):
     """Generate the phantom dataset (a :class:`~kerasseg.data.dataset.ROIDataset`).
 
     Deterministic from ``seed``; sample ``k`` of a split depends only on (seed, split, k), so
     changing ``n_test`` does not change the training ROIs. ``difficulty`` scales background
     structure and noise relative to the mass contrast (1.0 = the default task).
-    ``return_info=True`` also returns a list of per-ROI dicts (shape, margin, area_mm2).
+    ``return_info=True`` also returns a list of per-ROI dicts (shape, margin, area_mm2; with
+    context windows also ``roi_box_in_window``: the ROI's own box, the tight box with its jitter,
+    as (y0, x0, y1, x1) window pixels, where ``context_box`` is the tight box).
     Every phantom ROI is drawn independently, so each is its own ``group``.
+    ``context_size``: side of the context windows (module docstring); 0 or None: no windows. The
+    ROIs are the same with or without windows.
     """
     counts = {"train": n_train, "val": n_val, "test": n_test}
     for name, n in counts.items():
@@ -273,12 +373,22 @@ def make_phantom(n_train=58, n_val=12, n_test=58, size=40, seed=0, *, beta=3.0,
         raise KerassegError(f"phantom: beta must be in [1, 5], got {beta!r}")
     if not (0.05 <= float(difficulty) <= 5.0):
         raise KerassegError(f"phantom: difficulty must be in [0.05, 5], got {difficulty!r}")
+    if context_size is None:
+        context_size = 0
+    if (isinstance(context_size, bool) or not isinstance(context_size, (int, np.integer))
+            or (context_size != 0 and context_size < 8)):
+        raise KerassegError(f"phantom: context_size must be 0 (no windows) or an integer >= 8, "
+                            f"got {context_size!r}")
 
-    images, masks, splits, ids, boxes, spacing, infos = [], [], [], [], [], [], []
+    images, masks, splits, ids, boxes, spacing, infos, windows = [], [], [], [], [], [], [], []
     for name in ("train", "val", "test"):
         for k in range(counts[name]):
             rng = np.random.default_rng([int(seed), _SPLIT_CODE[name], k])
-            img, m, box, sp, info = _sample(rng, int(size), float(beta), float(difficulty))
+            # the window's added pixels draw their noise from a stream of their own
+            context_rng = np.random.default_rng([int(seed), _SPLIT_CODE[name], k, 1]) if context_size else None
+            img, m, box, sp, info, window = _sample(rng, int(size), float(beta), float(difficulty),
+                                                    int(context_size), context_rng)
+            windows.append(window)
             images.append(img)
             masks.append(m)
             splits.append(name)
@@ -286,9 +396,14 @@ def make_phantom(n_train=58, n_val=12, n_test=58, size=40, seed=0, *, beta=3.0,
             boxes.append(box)
             spacing.append(sp)
             infos.append(info)
+    context = {}
+    if context_size:
+        win, win_mask, win_box, valid, win_sp = zip(*windows)
+        context = dict(context=np.stack(win), context_mask=np.stack(win_mask), context_box=np.stack(win_box),
+                       context_valid=np.stack(valid), context_spacing_mm=np.array(win_sp, dtype=np.float32))
     ds = ROIDataset(images=np.stack(images), masks=np.stack(masks), split=np.array(splits),
                     ids=np.array(ids), spacing_mm=np.array(spacing, dtype=np.float32),
-                    boxes=np.stack(boxes), source="phantom", group=np.array(ids))
+                    boxes=np.stack(boxes), source="phantom", group=np.array(ids), **context)
     return (ds, infos) if return_info else ds
 
 

@@ -16,9 +16,20 @@ As in both papers (ROIs "extracted with rectangular bounding boxes and then resi
   number per ROI whose square is the area of one ROI pixel, so ``mask.sum() * spacing_mm**2`` is the
   mass area; the readers and the phantom use the same function);
 - ``mirror=True`` flips the ROI left-right (used to bring right breasts to the left orientation).
+
+:func:`context_window` cuts the context window of a mass (the dataset's optional ``context*``
+arrays, :mod:`kerasseg.data.dataset`): a square of side ``L = 2 * max(h, w)`` original pixels
+around the TIGHT box (``h x w``), centred on the box centre (top-left ``floor(centre - L/2 + 0.5)``,
+:func:`context_square`), the part outside the image filled with the image's edge values
+(``np.pad(mode="edge")``; the mask is 0 there), resized to ``size x size`` with the same
+:func:`resize_image` / :func:`resize_mask` as the ROIs. The tight box and the part of the window
+inside the image are returned as ``(y0, x0, y1, x1)`` in window pixels (original pixels relative to
+the window's top-left times ``size / L``, ends exclusive).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from kerasseg.errors import KerassegError
@@ -44,20 +55,42 @@ def expand_box(box, margin: float, shape) -> tuple[int, int, int, int]:
     return max(0, x0 - dx), max(0, y0 - dy), min(w, x1 + dx), min(h, y1 + dy)
 
 
+@functools.lru_cache(maxsize=None)
+def _resize_fn(kind: str):
+    """:func:`kerasseg.data.transforms.resize` (``"image"``), ``resize_mask`` (``"mask"``) or both
+    (``"both"``) as one traced graph for any (1, H, W) float32 input and size: the same ops and
+    kernels as eager calls (the same pixels) without eager dispatch per op (called once per ROI)."""
+    import tensorflow as tf
+    from kerasseg.data import transforms
+
+    spec = tf.TensorSpec((1, None, None), tf.float32)
+    if kind == "both":
+        return tf.function(lambda x, m, size: (transforms.resize(x, size), transforms.resize_mask(m, size)),
+                           autograph=False, input_signature=(spec, spec, tf.TensorSpec((), tf.int32)))
+    op = transforms.resize if kind == "image" else transforms.resize_mask
+    return tf.function(lambda x, size: op(x, size), autograph=False,
+                       input_signature=(spec, tf.TensorSpec((), tf.int32)))
+
+
 def resize_image(img: np.ndarray, size: int) -> np.ndarray:
     """One image (H, W) to ``size x size`` with :func:`kerasseg.data.transforms.resize` (bicubic,
     anti-aliased when shrinking: the same op the saved model's ``Resize`` layer runs); float32."""
-    from kerasseg.data import transforms
-
-    return np.asarray(transforms.resize(np.asarray(img, np.float32)[None], size))[0]
+    return np.asarray(_resize_fn("image")(np.asarray(img, np.float32)[None], np.int32(size)))[0]
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """One binary mask (H, W) to ``size x size`` with :func:`kerasseg.data.transforms.resize_mask`
     (bilinear as float, anti-aliased when shrinking, then ``>= 0.5``); uint8 in {0, 1}."""
-    from kerasseg.data import transforms
+    out = _resize_fn("mask")(np.asarray(mask, np.float32)[None], np.int32(size))
+    return np.asarray(out)[0].astype(np.uint8)
 
-    return np.asarray(transforms.resize_mask(np.asarray(mask, np.float32)[None], size))[0].astype(np.uint8)
+
+def resize_roi(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`resize_image` of ``img`` and :func:`resize_mask` of ``mask`` (both (H, W)) in one call;
+    the same pixels as the two calls."""
+    x, m = _resize_fn("both")(np.asarray(img, np.float32)[None], np.asarray(mask, np.float32)[None],
+                              np.int32(size))
+    return np.asarray(x)[0], np.asarray(m)[0].astype(np.uint8)
 
 
 def roi_spacing(spacing, h, w, size: int) -> float | None:
@@ -84,8 +117,7 @@ def extract_roi(image: np.ndarray, mask: np.ndarray, *, size: int = 40, margin: 
         raise KerassegError(f"image shape {image.shape} differs from mask shape {mask.shape}")
     box = expand_box(mask_box(mask), margin, image.shape)
     x0, y0, x1, y1 = box
-    roi = resize_image(image[y0:y1, x0:x1], size)
-    roi_mask = resize_mask(mask[y0:y1, x0:x1], size)
+    roi, roi_mask = resize_roi(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], size)
     if not roi_mask.any():  # a mass thinner than one ROI pixel: keep at least its centre
         crop = mask[y0:y1, x0:x1].astype(np.float64)
         rr, cc = np.nonzero(crop)
@@ -95,3 +127,64 @@ def extract_roi(image: np.ndarray, mask: np.ndarray, *, size: int = 40, margin: 
         roi = roi[:, ::-1].copy()
         roi_mask = roi_mask[:, ::-1].copy()
     return roi, roi_mask, box, roi_spacing(spacing, y1 - y0, x1 - x0, size)
+
+
+def context_square(box) -> tuple[int, int, int]:
+    """``(top, left, L)``: the square of :func:`context_window` around the tight ``(x0, y0, x1, y1)``
+    box in original pixels: side ``L = 2 * max(h, w)``, top-left ``floor(centre - L / 2 + 0.5)``."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    side = 2 * max(y1 - y0, x1 - x0)
+    top = int(np.floor((y0 + y1) / 2.0 - side / 2.0 + 0.5))
+    left = int(np.floor((x0 + x1) / 2.0 - side / 2.0 + 0.5))
+    return top, left, side
+
+
+def context_window(image: np.ndarray, mask: np.ndarray, box, *, size: int = 128, spacing=None,
+                   mirror: bool = False):
+    """The context window of one mass: the image around its tight box (module docstring).
+
+    ``image`` (H, W) and ``mask`` (H, W) are the full image and the mask of ONE mass; ``box`` is the
+    tight ``(x0, y0, x1, y1)`` box (end-exclusive, original pixels) as :func:`mask_box` returns;
+    ``spacing`` is the original pixel size in mm (a number or (row, col) pair) or None.
+    ``mirror=True`` flips window and mask left-right and mirrors the x coordinates (``x -> size - x``),
+    as :func:`extract_roi` does for the ROI.
+    Returns ``(window float32 (size, size), window_mask uint8 (size, size), box_in_window float32 (4,)
+    (y0, x0, y1, x1), valid float32 (4,) (y0, x0, y1, x1): the part inside the image, window_spacing_mm
+    or None)``; the window's pixel size is :func:`roi_spacing` of the ``L x L`` square.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
+        raise KerassegError(f"context window size must be an integer >= 8, got {size!r}")
+    image, mask = np.asarray(image), np.asarray(mask)
+    if image.ndim != 2:
+        raise KerassegError(f"context window: image must be 2-D (H, W), got shape {image.shape}")
+    if image.shape != mask.shape:
+        raise KerassegError(f"image shape {image.shape} differs from mask shape {mask.shape}")
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise KerassegError(f"context window: box must be 4 integers (x0, y0, x1, y1), got {box!r}") from None
+    h, w = image.shape
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise KerassegError(f"context window: box {(x0, y0, x1, y1)} is not an (x0, y0, x1, y1) box inside "
+                            f"the {h}x{w} image")
+    size = int(size)
+    top, left, side = context_square((x0, y0, x1, y1))
+    r0, r1 = max(top, 0), min(top + side, h)        # the rows / cols of the window inside the image
+    c0, c1 = max(left, 0), min(left + side, w)
+    pad = ((r0 - top, top + side - r1), (c0 - left, left + side - c1))
+    win = np.pad(np.asarray(image[r0:r1, c0:c1], np.float32), pad, mode="edge")
+    win_mask = np.pad(np.asarray(mask[r0:r1, c0:c1] != 0, np.uint8), pad, mode="constant")
+    window, window_mask = resize_roi(win, win_mask, size)
+    if not window_mask.any() and win_mask.any():  # a mass thinner than a window pixel: keep its centre
+        rr, cc = np.nonzero(win_mask)
+        window_mask[min(size - 1, int(rr.mean() * size / side)), min(size - 1, int(cc.mean() * size / side))] = 1
+    s = size / side
+    box_in = np.array([y0 - top, x0 - left, y1 - top, x1 - left], np.float64) * s
+    valid = np.array([r0 - top, c0 - left, r1 - top, c1 - left], np.float64) * s
+    if mirror:
+        window = window[:, ::-1].copy()
+        window_mask = window_mask[:, ::-1].copy()
+        box_in = np.array([box_in[0], size - box_in[3], box_in[2], size - box_in[1]])
+        valid = np.array([valid[0], size - valid[3], valid[2], size - valid[1]])
+    return (window, window_mask, box_in.astype(np.float32), valid.astype(np.float32),
+            roi_spacing(spacing, side, side, size))

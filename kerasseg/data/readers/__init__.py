@@ -12,6 +12,8 @@ Options a reader does not use are ignored. ``kerasseg data prepare`` is a thin w
 
 from __future__ import annotations
 
+import numbers
+
 from kerasseg.data import splits as splits_mod
 from kerasseg.data.dataset import ROIDataset
 from kerasseg.data.readers.assemble import build_dataset
@@ -47,11 +49,17 @@ def check_output(path):
 def prepare(source: str, src, *, size: int = 40, margin: float = 0.0, split: str = "auto",
             seed: int = 0, mirror: bool = False, ready_rois: bool = False,
             test_fraction: float = 0.5, val_fraction: float = 0.1,
-            train_list=None, test_list=None, progress: bool = False, **source_options):
+            train_list=None, test_list=None, progress: bool = False, context_size: int | None = 128,
+            **source_options):
     """Read ``src`` as ``source`` and return ``(ROIDataset, Summary)``.
 
     ``source_options`` go to the reader alone (the phantom's ``n_train`` / ``n_val`` / ``n_test``;
     like every reader option, ignored by the readers that do not use them).
+
+    ``context_size``: side of the context window written around every mass
+    (:func:`kerasseg.data.roi.context_window`; the dataset's ``context*`` arrays); 0 or None writes
+    none. A file with already-cropped ROIs (``ready_rois``) gets none either: they have no
+    surrounding image.
 
     ``split``: "auto" (the source's default: inbreast "protocol", ddsm-bcrp and cbis-ddsm
     "official", folder "random"), "protocol", "official", "patient" or "random"; see
@@ -66,9 +74,15 @@ def prepare(source: str, src, *, size: int = 40, margin: float = 0.0, split: str
         raise KerassegError(f"--margin must be >= 0, got {margin}")
     if split != "auto" and split not in splits_mod.METHODS:
         raise KerassegError(f"unknown split {split!r}; choose auto or one of {list(splits_mod.METHODS)}")
+    context_size = 0 if context_size is None else context_size
+    if (isinstance(context_size, bool) or not isinstance(context_size, numbers.Integral)
+            or context_size < 0 or 0 < context_size < 8):
+        raise KerassegError(f"context_size must be 0 (no context windows) or an integer >= 8, "
+                            f"got {context_size!r}")
+    context_size = int(context_size)
     summary = Summary()
     records = reader(src, summary, size=int(size), seed=int(seed), ready_rois=ready_rois,
-                     train_list=train_list, test_list=test_list, **source_options)
+                     train_list=train_list, test_list=test_list, context_size=context_size, **source_options)
     if isinstance(records, ROIDataset):  # a reader of finished ROIs (the phantom)
         return records, summary
     if progress:
@@ -77,5 +91,6 @@ def prepare(source: str, src, *, size: int = 40, margin: float = 0.0, split: str
         records = tqdm(records, desc=f"reading {source}", unit="image", leave=False)
     ds = build_dataset(records, size=int(size), margin=float(margin), mirror=mirror, split=split,
                        seed=int(seed), test_fraction=test_fraction, val_fraction=val_fraction,
-                       source=source, summary=summary, default_split=DEFAULT_SPLIT[source], src=src)
+                       source=source, summary=summary, default_split=DEFAULT_SPLIT[source], src=src,
+                       context_size=context_size)
     return ds, summary
