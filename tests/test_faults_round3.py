@@ -226,6 +226,25 @@ def test_run_json_records_the_absolute_data_path(tmp_path, tiny_npz, monkeypatch
     fit(tiny_cfg(tmp_path), data=Path(tiny_npz).name, out_dir=str(tmp_path / "run"), epochs=1, verbose=0)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["data"] == str(Path(tiny_npz).resolve())
+    # evaluate without --data, from another folder holding another file of that name: the
+    # recorded file is scored, and a changed file is refused by its recorded hash
+    from kerasseg.evaluation.report import evaluate_run
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    save_npz(make_phantom(n_train=4, n_val=2, n_test=3, size=40, seed=9), other / Path(tiny_npz).name)
+    monkeypatch.chdir(other)
+    m = evaluate_run(tmp_path / "run", out_dir=tmp_path / "rep", verbose=False, figures=False)
+    assert m["data_hash"] == run["data_hash"] and m["n"] == 2
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    copy = changed / "d.npz"
+    save_npz(make_phantom(n_train=4, n_val=2, n_test=2, size=40, seed=3), copy)
+    info = {**run, "data": str(copy)}
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    save_npz(make_phantom(n_train=4, n_val=2, n_test=2, size=40, seed=4), copy)   # replaced since
+    with pytest.raises(KerassegError, match="has changed since"):
+        evaluate_run(tmp_path / "run", out_dir=tmp_path / "rep2", verbose=False, figures=False)
 
 
 # --------------------------------------------------------------------------- normalisation

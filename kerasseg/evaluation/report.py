@@ -74,19 +74,31 @@ def predict_probabilities(model, images, batch_size=32, verbose=True) -> tuple[n
     return predict_probability(fn, images, batch_size=batch_size, progress=verbose), fn.final_key
 
 
-def _default_data(config, run_dir):
-    """The data spec recorded by training (run.json / config), else the phantom."""
-    if run_dir is not None and (run_dir / "run.json").is_file():
+def _recorded_data(src) -> tuple[str, str | None]:
+    """``(data spec, data hash)`` that training recorded: run.json's (or a CV folder's cv.json's)
+    ``data`` (an absolute path, or "phantom") and ``data_hash``; the phantom without a record."""
+    info = src.cv if src.folds_dir is not None else {}
+    if src.folds_dir is None and src.run_dir is not None and (src.run_dir / "run.json").is_file():
         try:
-            info = json.loads((run_dir / "run.json").read_text())
+            info = json.loads((src.run_dir / "run.json").read_text())
         except (OSError, ValueError):
             info = {}
-        for key in ("data", "data_path", "data_spec"):
-            spec = info.get(key)
-            if isinstance(spec, str) and spec:
-                return spec
-    spec = config.get("data_spec") or (config.get("data") if isinstance(config.get("data"), str) else None)
-    return spec or "phantom"
+    info = info if isinstance(info, dict) else {}
+    spec = info.get("data")
+    if not isinstance(spec, str) or not spec:
+        return "phantom", None
+    if spec != "phantom" and not Path(spec).is_absolute():
+        # runs trained before paths were recorded absolute: relative to the run folder's parent
+        # would be a guess as good as the current folder; refuse to guess
+        raise KerassegError(f"the run recorded its data as a relative path ({spec!r}); pass --data "
+                            "explicitly", src.folds_dir or src.run_dir)
+    return spec, info.get("data_hash")
+
+
+def _check_recorded_hash(ds, recorded_hash, spec, home) -> None:
+    if recorded_hash and ds.data_hash() != recorded_hash:
+        raise KerassegError(f"the data the run was trained on ({spec}) has changed since (data hash "
+                            f"{ds.data_hash()}, recorded {recorded_hash}); pass --data to score other data", home)
 
 
 # ------------------------------------------------------------------ evaluate
@@ -383,11 +395,12 @@ def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, tta="no
         _need_windows(ds, margin, shift, robustness)   # before the slow model loading
     src, label = _load_ensemble(run_or_model)
     home = src.folds_dir or src.run_dir
+    recorded_hash = None
     if data is None:
-        data = _default_data(src.config, src.run_dir) if src.folds_dir is None else \
-            (src.cv or {}).get("data") or "phantom"
+        data, recorded_hash = _recorded_data(src)
     if ds is None:
         ds = data if isinstance(data, ROIDataset) else load_data(data)
+        _check_recorded_hash(ds, recorded_hash, data, home)
         _need_windows(ds, margin, shift, robustness)
     full_hash = ds.data_hash()
     sub = ds.subset(split)
