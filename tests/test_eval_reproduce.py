@@ -125,6 +125,9 @@ def test_table_numbers_tests_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "_evaluate", lambda *a: pytest.fail("re-evaluated a finished row"))
     res2 = R.reproduce_table("crunet-table1", ds, seeds=2, out_dir=out, verbose=False, progress=False)
     assert [r["dice_mean"] for r in res2["rows"]] == [r["dice_mean"] for r in res["rows"]]
+    # a resume with another epoch budget would mix budgets in one table: refused
+    with pytest.raises(KerassegError, match="epochs = None"):
+        R.reproduce_table("crunet-table1", ds, seeds=2, epochs=3, out_dir=out, verbose=False, progress=False)
 
     # other data in the same folder is refused (a folds run too)
     other = _data(n_test=8)

@@ -220,7 +220,13 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
             raise KerassegError(
                 f"this folder holds a reproduction of {old.get('table')} on other data (hash "
                 f"{old.get('data_hash')}, now {ds.data_hash()}); use another --out", out)
-    write_json(state, {"table": table, "data_hash": ds.data_hash(), "quick": bool(quick), "folds": folds})
+        # one epoch budget per table: a resume with another --epochs would mix budgets in one table
+        for key, now in (("epochs", epochs), ("folds", folds)):
+            if key in old and old[key] != now:
+                raise KerassegError(f"this folder holds a reproduction with {key} = {old[key]!r} (now "
+                                    f"{now!r}); resume with the same {key} or use another --out", out)
+    write_json(state, {"table": table, "data_hash": ds.data_hash(), "quick": bool(quick), "folds": folds,
+                       "epochs": epochs})
     if isinstance(data, ROIDataset) or quick:
         data_file = out / ("quick-data.npz" if quick else "data.npz")
         if not data_file.is_file():
