@@ -10,7 +10,8 @@ Protocol (the held-out fold is never used for a choice):
 2. per fold, 15 % of the training contours become the validation split (best epoch), the rest train;
 3. every model (``--models``) is trained on every fold with :func:`kerasseg.training.fit`:
    ``tight`` (the shipped row, papers' protocol), ``anybox`` (``configs/<config>-anybox.yaml``'s box
-   jitter) and ``m<margin>`` (margin-matched: box jitter fixed at that margin, no shift, no tight);
+   jitter), ``m<margin>`` (margin-matched: box jitter fixed at that margin, no shift, no tight) and
+   ``NAME=CONFIG`` (any config, e.g. another jitter recipe);
 4. each fold model is scored on its held-out fold at every ``--margins`` box (:func:`kerasseg.data.boxes.box_view`,
    the boxes of ``kerasseg evaluate --box-margin``), beside the model-free prior at the same boxes (the
    thresholded mean training mask cut at the same margin) and Otsu.
@@ -66,7 +67,9 @@ def fold_files(data: Path, work: Path, k: int, val_fraction: float = 0.15) -> li
 
 
 def model_config(name: str, base: str, work: Path) -> str:
-    """The config (name or path) of one model kind."""
+    """The config (name or path) of one model kind (``NAME=CONFIG``: any config under that name)."""
+    if "=" in name:
+        return name.split("=", 1)[1]
     if name == "tight":
         return base
     if name == "anybox":
@@ -129,8 +132,9 @@ def main(argv=None) -> int:
     results.update({"machine": machine(), "folds": args.folds, "epochs": args.epochs,
                     "config": args.config, "data": "lesion-dev.npz"})
     results.setdefault("models", {})
-    for name in args.models.split(","):
-        cfg = model_config(name, args.config, work)
+    for spec in args.models.split(","):
+        cfg = model_config(spec, args.config, work)
+        name = spec.split("=", 1)[0]
         per_fold, seconds = [], []
         for i, f in enumerate(files):
             run = work / f"{args.config}-{name}" / f"fold-{i}"

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import click  # noqa: E402
 
 from kerasseg import __version__  # noqa: E402
-from kerasseg.errors import Interrupted, KerassegError  # noqa: E402
+from kerasseg.errors import Interrupted, KerassegError, as_flag  # noqa: E402
 
 
 def _quiet_tensorflow_start():
@@ -75,7 +75,7 @@ class KerassegGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KerassegError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(as_flag(exc)) from None
         except Interrupted as exc:  # resumable state saved: exit 130 (SIGINT) / 143 (SIGTERM)
             click.echo(f"Interrupted: {exc}", err=True)
             ctx.exit(exc.exit_code)
@@ -107,5 +107,5 @@ def main(argv=None):
     try:
         cli.main(args=argv, prog_name="kerasseg", standalone_mode=True)
     except KerassegError as exc:  # raised outside a command's invoke (e.g. callbacks)
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+        click.echo(f"Error: {as_flag(exc)}", err=True)
+        sys.exit(1)   # every user error exits 1 (README); 2 is click's usage error

@@ -30,10 +30,36 @@ class KerassegError(ValueError):
     True
     """
 
-    def __init__(self, message: str, path=None):
+    def __init__(self, message: str, path=None, argument: str | None = None):
         if path is not None:
             message = f"{path}: {message}"
         super().__init__(message)
+        #: the Python argument the message starts with (:func:`argument_error`); the CLI names its flag
+        self.argument = argument
+
+
+def argument_error(argument: str, message: str, path=None) -> KerassegError:
+    """A :class:`KerassegError` about the function argument ``argument``: ``"<argument> <message>"``
+    for Python callers; the CLI shows it as ``"--<argument> <message>"`` (its flag).
+
+    >>> str(argument_error("epochs", "must be a positive integer, got 0"))
+    'epochs must be a positive integer, got 0'
+    """
+    return KerassegError(f"{argument} {message}", path, argument=argument)
+
+
+def as_flag(exc: KerassegError) -> str:
+    """The message of ``exc`` with its argument written as the CLI flag (``epochs`` -> ``--epochs``).
+
+    >>> as_flag(argument_error("box_margin", "must be in [0, 0.5], got 2"))
+    '--box-margin must be in [0, 0.5], got 2'
+    """
+    text, arg = str(exc), getattr(exc, "argument", None)
+    if not arg:
+        return text
+    flag = "--" + arg.replace("_", "-")
+    head, sep, tail = text.partition(f"{arg} ")
+    return f"{head}{flag} {tail}" if sep and (not head or head.endswith(": ")) else text
 
 
 class KerassegWarning(UserWarning):

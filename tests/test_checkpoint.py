@@ -210,7 +210,7 @@ def test_more_devices_than_cores_is_refused():
     from kerasseg.training.strategy import available_cpus, get_strategy
 
     n = available_cpus() + 1
-    with pytest.raises(KerassegError, match=f"--devices {n}: no GPU and only"):
+    with pytest.raises(KerassegError, match=f"devices {n}: no GPU and only"):
         get_strategy(n)
 
 

@@ -213,6 +213,6 @@ def test_table_with_folds_reports_oof_and_the_ensemble(tmp_path, monkeypatch):
         assert r["dice_mean"] == pytest.approx(100.0)
     md = (tmp_path / "f" / "table.md").read_text()
     assert "out-of-fold Dice % (± std over 3 folds)" in md and "fold ensemble" in md
-    with pytest.raises(KerassegError, match="--folds must be an integer >= 2"):
+    with pytest.raises(KerassegError, match="folds must be an integer >= 2"):
         R.reproduce_table("crunet-table1", _data(), folds=1, out_dir=tmp_path / "g", verbose=False,
                           progress=False)

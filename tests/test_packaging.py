@@ -85,6 +85,14 @@ def test_wheel_in_fresh_venv_fits_and_exports(tmp_path):
                 cwd=tmp_path, env=_env(venv)).stdout.strip()
     assert _inside(site, venv), site
     (Path(site) / "sitecustomize.py").write_text(SITECUSTOMIZE.format(repo=str(REPO.resolve())))
+    if sys.prefix != sys.base_prefix:
+        # the tests run inside a virtualenv (the README's way to install): --system-site-packages
+        # gives the base interpreter's site, which lacks the venv's TensorFlow etc.; add the running
+        # venv's site folders as plain paths (their .pth files, e.g. the editable kerasseg, are not run)
+        import site as site_mod
+
+        parents = [p for p in site_mod.getsitepackages() if not _inside(p, venv)]
+        (Path(site) / "_kerasseg_test_parent_env.pth").write_text("\n".join(parents) + "\n")
     env = _env(venv)
     _run([py, "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall", wheel],
          cwd=tmp_path, env=env)

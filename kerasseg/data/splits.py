@@ -31,7 +31,7 @@ import re
 
 import numpy as np
 
-from kerasseg.errors import KerassegError
+from kerasseg.errors import KerassegError, argument_error
 
 METHODS = ("protocol", "official", "patient", "random")
 
@@ -103,11 +103,11 @@ def assign(method: str, *, n: int, order_keys=None, groups=None, official=None,
         split = protocol_split(order_keys if order_keys is not None else list(range(n)))
     elif method == "official":
         if official is None or any(s not in ("train", "test") for s in official):
-            raise KerassegError("this source has no official train/test split; use --split patient or random")
+            raise argument_error("split", "official: this source has no official train/test split; use patient or random")
         split = np.asarray(official).astype(str)
     elif method == "patient":
         if groups is None:
-            raise KerassegError("this source has no patient/case grouping; use --split random")
+            raise argument_error("split", "patient: this source has no patient/case grouping; use random")
         split = group_split(groups, test_fraction, seed)
     else:
         split = random_split(n, test_fraction, seed)
@@ -156,7 +156,7 @@ def group_kfold(groups, k: int, seed: int = 0) -> np.ndarray:
     ``groups``, ``k`` and ``seed``. A :class:`KerassegError` if there are fewer groups than folds.
     """
     if isinstance(k, bool) or int(k) != k or k < 2:
-        raise KerassegError(f"--folds must be an integer >= 2, got {k!r}")
+        raise argument_error("folds", f"must be an integer >= 2, got {k!r}")
     k = int(k)
     groups = np.asarray([str(g) for g in groups])
     names = sorted(set(groups.tolist()), key=natural_key)

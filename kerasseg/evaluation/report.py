@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasseg.errors import KerassegError
+from kerasseg.errors import KerassegError, argument_error
 from kerasseg.fileio import write_csv, write_json, write_npz
 from kerasseg.evaluation import metrics as M
 from kerasseg.evaluation import plots
@@ -90,7 +90,7 @@ def _recorded_data(src) -> tuple[str, str | None]:
     if spec != "phantom" and not Path(spec).is_absolute():
         # runs trained before paths were recorded absolute: relative to the run folder's parent
         # would be a guess as good as the current folder; refuse to guess
-        raise KerassegError(f"the run recorded its data as a relative path ({spec!r}); pass --data "
+        raise KerassegError(f"the run recorded its data as a relative path ({spec!r}); pass the data "
                             "explicitly", src.folds_dir or src.run_dir)
     return spec, info.get("data_hash")
 
@@ -98,7 +98,7 @@ def _recorded_data(src) -> tuple[str, str | None]:
 def _check_recorded_hash(ds, recorded_hash, spec, home) -> None:
     if recorded_hash and ds.data_hash() != recorded_hash:
         raise KerassegError(f"the data the run was trained on ({spec}) has changed since (data hash "
-                            f"{ds.data_hash()}, recorded {recorded_hash}); pass --data to score other data", home)
+                            f"{ds.data_hash()}, recorded {recorded_hash}); pass the data explicitly to score other data", home)
 
 
 # ------------------------------------------------------------------ evaluate
@@ -370,7 +370,7 @@ def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, tta="no
     if split not in SPLITS:  # before the (slow) model loading
         raise KerassegError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     if tta not in TTA_MODES:
-        raise KerassegError(f"unknown --tta {tta!r}; choose one of {list(TTA_MODES)}")
+        raise argument_error("tta", f"must be one of {list(TTA_MODES)}, got {tta!r}")
     at_box = box_margin is not None or box_shift is not None
     margin = 0.0 if box_margin is None else box_margin
     shift = 0.0 if box_shift is None else box_shift
@@ -414,7 +414,7 @@ def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, tta="no
             None if isinstance(data, ROIDataset) else data)
     if out_dir is None:
         if home is None:
-            raise KerassegError("an output folder (--out) is needed when evaluating a model file")
+            raise argument_error("out_dir", "is needed when evaluating a model file (an output folder)")
         out_dir = home / report_name(split, tta, margin, shift)
     from kerasseg.fileio import output_dir
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasseg.errors import KerassegError
+from kerasseg.errors import KerassegError, argument_error
 from kerasseg.evaluation import metrics as M
 from kerasseg.evaluation import stats as S
 from kerasseg.evaluation.compare import load_predictions
@@ -191,9 +191,9 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
         raise KerassegError(f"unknown table {table!r}; choose one of {sorted(TABLES)}")
     seeds = int(seeds)
     if seeds < 1:
-        raise KerassegError(f"--seeds must be at least 1, got {seeds}")
+        raise argument_error("seeds", f"must be at least 1, got {seeds}")
     if epochs is not None and int(epochs) < 1:
-        raise KerassegError(f"--epochs must be at least 1, got {epochs}")
+        raise argument_error("epochs", f"must be at least 1, got {epochs}")
     spec = TABLES[table]
     out = Path(out_dir or f"reproduce-{table}")
     from kerasseg.fileio import output_dir
@@ -206,7 +206,7 @@ def reproduce_table(table: str, data="phantom", *, seeds: int = 5, epochs=None, 
         epochs = 1 if epochs is None else epochs
     ds.subset("test")  # clear error if there is no test split
     if folds is not None and (isinstance(folds, bool) or int(folds) != folds or folds < 2):
-        raise KerassegError(f"--folds must be an integer >= 2, got {folds!r}")
+        raise argument_error("folds", f"must be an integer >= 2, got {folds!r}")
     if folds:
         seeds = 1   # one fold ensemble per row; the spread is over folds
     output_dir(out)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasseg.errors import KerassegError, warn
+from kerasseg.errors import KerassegError, argument_error, warn
 
 
 @dataclass
@@ -146,8 +146,8 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
 
     replicas = strategy.num_replicas_in_sync
     if replicas > counts["val"]:
-        raise KerassegError(f"--devices: {replicas} replicas but only {counts['val']} validation ROIs; "
-                            f"use at most {counts['val']} devices", data)
+        raise argument_error("devices", f"{replicas}: {replicas} replicas but only {counts['val']} validation "
+                             f"ROIs; use at most {counts['val']} devices", data)
     chief, role = cluster_role()
     out = Path(out_dir or f"runs/{cfg['name']}")
     if not chief:
@@ -283,11 +283,11 @@ def _resolve(config, data, epochs, seed, dataset):
     cfg = apply_dataset(cfg, key)
     if epochs is not None:
         if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
-            raise KerassegError(f"--epochs must be a positive integer, got {epochs!r}")
+            raise argument_error("epochs", f"must be a positive integer, got {epochs!r}")
         cfg["train"]["epochs"] = int(epochs)
     if seed is not None:
         if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**32:
-            raise KerassegError(f"--seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+            raise argument_error("seed", f"must be an integer in [0, 2**32 - 1], got {seed!r}")
         cfg["train"]["seed"] = int(seed)
     if ds.size != cfg["data"]["size"]:
         warn(f"data ROIs are {ds.size}x{ds.size}, config data.size is {cfg['data']['size']}; "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasseg.errors import KerassegError
+from kerasseg.errors import KerassegError, argument_error
 from kerasseg.fileio import write_json
 from kerasseg.training.run import CV_KIND, NO_POSTPROCESSING
 
@@ -154,7 +154,7 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
     ds = load_data(data)
     cfg = resolve_config(config)
     if seed is not None and (isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**32):
-        raise KerassegError(f"--seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+        raise argument_error("seed", f"must be an integer in [0, 2**32 - 1], got {seed!r}")
     seed = int(cfg["train"]["seed"] if seed is None else seed)
     groups = ds.groups()
     if ds.group is None:

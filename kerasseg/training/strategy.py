@@ -16,7 +16,7 @@ import os
 
 import tensorflow as tf
 
-from kerasseg.errors import KerassegError
+from kerasseg.errors import KerassegError, argument_error
 
 
 def _ensure_logical_cpus(n: int) -> list[str]:
@@ -70,7 +70,7 @@ def cluster_role(tf_config: str | None = None) -> tuple[bool, str]:
 def get_strategy(devices: int | None = None) -> tf.distribute.Strategy:
     """The strategy for ``devices`` replicas (see the module docstring)."""
     if devices is not None and (isinstance(devices, bool) or int(devices) != devices or devices < 1):
-        raise KerassegError(f"--devices must be a positive integer, got {devices!r}")
+        raise argument_error("devices", f"must be a positive integer, got {devices!r}")
     tf_config = os.environ.get("TF_CONFIG")
     if tf_config:
         try:
@@ -87,7 +87,7 @@ def get_strategy(devices: int | None = None) -> tf.distribute.Strategy:
     devices = int(devices)
     if gpus:
         if devices > len(gpus):
-            raise KerassegError(f"--devices {devices}: only {len(gpus)} GPU(s) present")
+            raise argument_error("devices", f"{devices}: only {len(gpus)} GPU(s) present")
         if devices == 1:
             return tf.distribute.OneDeviceStrategy("/gpu:0")
         return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(devices)])
@@ -95,7 +95,7 @@ def get_strategy(devices: int | None = None) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     cores = available_cpus()
     if devices > cores:
-        raise KerassegError(f"--devices {devices}: no GPU and only {cores} CPU core(s) available; "
+        raise argument_error("devices", f"{devices}: no GPU and only {cores} CPU core(s) available; "
                             f"use at most --devices {cores}")
     names = _ensure_logical_cpus(devices)
     return cpu_mirrored_strategy(names)
@@ -138,6 +138,6 @@ def eval_batch_size(n: int, batch_size: int, replicas: int) -> int:
         if ok(b):
             return b
     usable = [d for d in range(replicas - 1, 0, -1) if d <= n]
-    raise KerassegError(f"--devices {replicas}: the {n} validation ROIs cannot be split over "
+    raise argument_error("devices", f"{replicas}: the {n} validation ROIs cannot be split over "
                         f"{replicas} replicas without an empty share; use --devices {usable[0]}"
                         if usable else f"--devices {replicas}: too few validation ROIs ({n})")

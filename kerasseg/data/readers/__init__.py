@@ -23,7 +23,7 @@ from kerasseg.data.readers.folder import iter_folder
 from kerasseg.data.readers.inbreast import iter_inbreast
 from kerasseg.data.readers.phantom import read_phantom
 from kerasseg.data.readers.records import ImageRecord, Summary
-from kerasseg.errors import KerassegError
+from kerasseg.errors import KerassegError, argument_error
 from kerasseg.fileio import output_file
 
 READERS = {
@@ -69,9 +69,9 @@ def prepare(source: str, src, *, size: int = 40, margin: float = 0.0, split: str
     if reader is None:
         raise KerassegError(f"unknown source {source!r}; choose one of {list(SOURCES)}")
     if int(size) < 2:
-        raise KerassegError(f"--size must be >= 2, got {size}")
+        raise argument_error("size", f"must be >= 2, got {size}")
     if margin < 0:
-        raise KerassegError(f"--margin must be >= 0, got {margin}")
+        raise argument_error("margin", f"must be >= 0, got {margin}")
     if split != "auto" and split not in splits_mod.METHODS:
         raise KerassegError(f"unknown split {split!r}; choose auto or one of {list(splits_mod.METHODS)}")
     context_size = 0 if context_size is None else context_size
