@@ -15,10 +15,25 @@ import sys
 # printed once per run by a harmless fallback). Python exceptions are unaffected.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import warnings  # noqa: E402
+
 import click  # noqa: E402
 
 from kerasseg import __version__  # noqa: E402
-from kerasseg.errors import Interrupted, KerassegError, as_flag  # noqa: E402
+from kerasseg.errors import Interrupted, KerassegError, KerassegWarning, as_flag  # noqa: E402
+
+_python_format = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    """kerasseg's own warnings as one ``Warning: ...`` line (no source file, line number or code);
+    other libraries' warnings as Python prints them."""
+    if issubclass(category, KerassegWarning):
+        return f"Warning: {message}\n"
+    return _python_format(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning
 
 
 def _quiet_tensorflow_start():

@@ -257,3 +257,23 @@ def test_image_normalisation_is_finite_and_scale_free_for_any_finite_input(rng, 
     got = np.asarray(Normalize("image")((x * scale).astype(np.float32)[..., None]))[..., 0]
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, ref, atol=2e-4)
+
+
+# --------------------------------------------------------------------------- messages
+def test_cli_prints_kerasseg_warnings_as_one_line(tmp_path):
+    code = ("import warnings, kerasseg.cli.main\n"
+            "from kerasseg.errors import warn\n"
+            "warn('something odd', 'data.npz')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=REPO)
+    assert res.stderr.strip().splitlines()[-1] == "Warning: data.npz: something odd"
+    assert "warnings.warn" not in res.stderr and "KerassegWarning" not in res.stderr
+
+
+def test_folds_and_resplit_messages_name_the_real_problem():
+    from kerasseg.data.splits import group_kfold, resplit
+
+    with pytest.raises(KerassegError, match="no ROIs") as exc:
+        group_kfold([], 2)
+    assert "0 among 0" not in str(exc.value)
+    with pytest.raises(KerassegError, match="no train ROIs"):
+        resplit(["train"] * 2, ["a", "b"], test_fraction=0.9, val_fraction=0.0)

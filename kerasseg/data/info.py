@@ -45,7 +45,7 @@ def summarize(ds: ROIDataset) -> str:
         leak = groups_across_splits(ds.split, ds.group)
         if leak:
             lines.append(f"warning: {len(leak)} group(s) have ROIs in more than one split "
-                         f"(e.g. {leak[0]!r}); `kerasseg data split` re-splits by whole groups")
+                         f"(e.g. '{str(leak[0])}'); `kerasseg data split` re-splits by whole groups")
     else:
         lines.append("groups: none recorded (each ROI counts as its own group)")
     area = ds.masks.reshape(n, -1).sum(axis=1).astype(np.float64)

@@ -135,7 +135,12 @@ def resplit(split, groups, *, test_fraction: float = 0.2, val_fraction: float = 
         raise KerassegError(f"{len(groups)} groups for {len(split)} ROIs")
     test = split == "test"
     new = np.where(test, "test", "train") if test.any() else group_split(groups, test_fraction, seed)
-    return carve_val(new, val_fraction, seed, groups)
+    new = carve_val(new, val_fraction, seed, groups)
+    if not (new == "train").any():
+        raise KerassegError(f"the split leaves no train ROIs ({int((new == 'val').sum())} val, "
+                            f"{int((new == 'test').sum())} test from {len(set(groups.tolist()))} group(s)); "
+                            "lower the test / val fractions")
+    return new
 
 
 def groups_across_splits(split, groups) -> list[str]:
@@ -161,8 +166,9 @@ def group_kfold(groups, k: int, seed: int = 0) -> np.ndarray:
     groups = np.asarray([str(g) for g in groups])
     names = sorted(set(groups.tolist()), key=natural_key)
     if len(names) < k:
-        raise KerassegError(f"{k} folds need at least {k} groups (patients/contours); the data has "
-                            f"{len(names)} among {len(groups)} ROIs")
+        have = (f"{len(names)} group(s) among its {len(groups)} ROIs" if len(groups) else "no ROIs "
+                "(no train/val ROIs to fold)")
+        raise KerassegError(f"{k} folds need at least {k} groups (patients/contours); the data has {have}")
     sizes = {g: int((groups == g).sum()) for g in names}
     rng = np.random.default_rng(seed)
     shuffled = [names[i] for i in rng.permutation(len(names))]
