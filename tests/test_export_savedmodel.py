@@ -262,13 +262,145 @@ def test_warmup_requests_and_model_card(model, exported):
         if sig == "serving_bytes":
             args = {k: tf.constant(list(v.reshape(-1)), tf.string) for k, v in args.items()}
         out = loaded.signatures[sig](**{k: tf.constant(v) for k, v in args.items()})
-        assert set(out) == {"probability", "mask", "uncertainty"}
+        if sig.startswith("serving_boxes"):  # the whole-image signatures: per-box and full-image outputs
+            from kerasseg.models.whole_image import OUTPUTS
+
+            assert set(out) == set(OUTPUTS) and out["box_size"].shape == (2, 2)
+        else:
+            assert set(out) == {"probability", "mask", "uncertainty"}
     assert seen == set(savedmodel.SIGNATURES)
     card = json.loads((path / "assets" / "model_card.json").read_text())
     assert card["input_contract"]["model_size"] == 40
     assert card["input_contract"]["final_output"] == "crf"
     assert card["input_contract"]["preprocessing"]["normalization"] == "image"
     assert {"versions", "metrics", "data_hash", "config"} <= set(card)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def crafted_png(width, height, depth=16):
+    """A PNG whose IHDR declares width x height (valid chunk CRCs) with a few rows of pixel data: the
+    shape of a decompression bomb (the real one of issue 20 was 249 KB for 16000 x 16000)."""
+    import struct
+    import zlib
+
+    rows = zlib.compress(b"\0" * 4 * (1 + width * depth // 8))
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))
+            + _chunk(b"IDAT", rows) + _chunk(b"IEND", b""))
+
+
+def _encoded(arr, fmt, **kwargs):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def test_image_header_sizes_match_pil(rng):
+    """read_image_header: the (height, width) PIL reads, for PNG, JPEG (baseline, progressive, with an
+    APP segment before the frame header) and BMP; nothing decoded."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    rgb = rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    grey16 = rng.integers(0, 65535, (29, 41), dtype=np.uint16)
+    cases = [_png(grey16[..., None]), _png(rgb), _encoded(rgb, "JPEG"), _encoded(rgb, "JPEG", progressive=True),
+             _encoded(rgb[..., 0], "JPEG", exif=b"Exif\x00\x00" + bytes(300)), _encoded(rgb, "BMP"),
+             _encoded(rgb[..., 0], "BMP")]
+    for data in cases:
+        w, h = Image.open(io.BytesIO(data)).size
+        got = savedmodel.read_image_header(tf.constant(data))
+        assert (int(got[0]), int(got[1])) == (h, w)
+        decoded = savedmodel.decode_image_bytes(tf.constant(data))
+        assert decoded.shape == (h, w)
+    # a top-down BMP (negative height): TF decodes it, the header gives its size
+    bmp = bytearray(_encoded(rgb, "BMP"))
+    bmp[22:26] = (-37).to_bytes(4, "little", signed=True)
+    assert [int(v) for v in savedmodel.read_image_header(tf.constant(bytes(bmp)))[:2]] == [37, 53]
+    # PNG bit depth read from the IHDR: 16-bit values are kept
+    np.testing.assert_array_equal(savedmodel.decode_image_bytes(tf.constant(cases[0])).numpy(), grey16)
+
+
+def _refused(fn, **kwargs):
+    import tensorflow as tf
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        fn(**kwargs)
+    msg = info.value.message
+    assert msg.isascii() and "\\x" not in msg, msg  # plain text, never the request's bytes
+    return msg
+
+
+def test_bombs_and_junk_bytes_are_refused_before_decoding(exported):
+    """issue 20: a small PNG declaring 16000 x 16000 is refused from its header (it used to take 27 s
+    and 7.6 GB); junk bytes and bare signatures give a plain-text InvalidArgumentError naming the
+    contract (they used to raise UnicodeDecodeError)."""
+    import resource
+
+    import tensorflow as tf
+
+    _, path = exported
+    sigs = tf.saved_model.load(str(path)).signatures
+    bomb = crafted_png(16000, 16000)
+    assert len(bomb) < 10_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for fn, kwargs in ((sigs["serving_bytes"], {"image_bytes": tf.constant([bomb])}),
+                       (sigs["serving_boxes_bytes"], {"image_bytes": tf.constant(bomb),
+                                                      "boxes": tf.constant([[0, 0, 40, 40]], tf.int32)})):
+        msg = _refused(fn, **kwargs)
+        assert "input image_bytes must hold encoded PNG" in msg
+        assert "[PNG] [image declaring height x width =] [16000] [16000]" in msg
+        assert f"over the limit of {savedmodel.MAX_PIXELS} pixels (MAX_PIXELS)" in msg
+    # the 512 MB the decoder would allocate for 16000 x 16000 x 16 bit never is (kB on Linux)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024
+    bmp = bytearray(_encoded(np.zeros((8, 8), np.uint8), "BMP"))
+    bmp[18:26] = (20000).to_bytes(4, "little") + (20000).to_bytes(4, "little")
+    jpeg = bytearray(_encoded(np.zeros((8, 8), np.uint8), "JPEG"))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")
+    for data, name in ((bytes(bmp), "BMP"), (bytes(jpeg), "JPEG")):
+        msg = _refused(sigs["serving_bytes"], image_bytes=tf.constant([data]))
+        assert f"[{name}] [image declaring height x width =]" in msg and "MAX_PIXELS" in msg
+    junk = {"junk": (b"not an image \xff\xfe\x00\x89", "start with no PNG, JPEG or BMP signature"),
+            "empty": (b"", "[0] [bytes that start with no PNG"),
+            "PNG signature": (b"\x89PNG\r\n\x1a\n", "truncated or malformed] [PNG] [header (] [8] [bytes)"),
+            "PNG cut in the IHDR": (_png(np.zeros((9, 9, 1), np.uint8))[:30], "malformed] [PNG]"),
+            "JPEG signature": (b"\xff\xd8", "truncated or malformed] [JPEG]"),
+            "JPEG without a frame": (b"\xff\xd8\xff\xe0\x00\x04ab\xff\xda\x00\x02" + bytes(20), "malformed] [JPEG]"),
+            "BMP signature": (b"BM", "truncated or malformed] [BMP]")}
+    for name, (data, expected) in junk.items():
+        msg = _refused(sigs["serving_bytes"], image_bytes=tf.constant([data]))
+        assert "input image_bytes must hold encoded PNG (8/16-bit), JPEG or BMP images" in msg, name
+        assert expected in msg, (name, msg)
+
+
+def test_batch_limits(exported):
+    import tensorflow as tf
+
+    _, path = exported
+    sigs = tf.saved_model.load(str(path)).signatures
+    n = savedmodel.MAX_BATCH + 1
+    msg = _refused(sigs["serving_default"], image=tf.zeros([n, 8, 8]))
+    assert f"1 <= batch <= {savedmodel.MAX_BATCH}" in msg and f"got shape] [{n} 8 8]" in msg
+    full = sigs["serving_default"](image=tf.zeros([savedmodel.MAX_BATCH, 8, 8]))
+    assert full["mask"].shape[0] == savedmodel.MAX_BATCH
+    png = _png(np.zeros((8, 8, 1), np.uint8))
+    msg = _refused(sigs["serving_bytes"], image_bytes=tf.constant([png] * n))
+    assert f"must hold 1 to {savedmodel.MAX_BATCH} (MAX_BATCH) images; got batch] [{n}]" in msg
+    # each image under MAX_PIXELS, the request over it: refused from the headers
+    big = crafted_png(6000, 5000, depth=8)
+    msg = _refused(sigs["serving_bytes"], image_bytes=tf.constant([big, big]))
+    assert "at most 50000000 pixels (MAX_PIXELS) in all; got batch, height, width =] [2] [5000 6000]" in msg
 
 
 def test_graph_has_only_standard_ops(exported):

@@ -8,7 +8,10 @@ transforms, normalise, network + CRF of every member, mean, resize back, thresho
 so ``predict`` on a run and on its export agree.
 
 For a whole image the ROI is given as a box ``x0,y0,x1,y1`` (x = column; x1, y1 exclusive) or as the
-bounding box of a hint mask; without either the whole image is taken as the ROI crop. Per input the
+bounding box of a hint mask; the image and the box then go through the whole-image graph
+(:func:`kerasseg.models.whole_image.boxes_function`, the export's ``serving_boxes``: crop, resize,
+network, resize back and paste, all in the graph; :meth:`Segmenter.predict_boxes`). Without either
+the whole image is taken as the ROI crop. Per input the
 outputs are ``<stem>_mask.png`` (0/255 at full resolution), ``<stem>_uncertainty.png`` (the std of the
 mass probability over members x TTA transforms, 8 bit: ``round(255 * std / 0.5)``, 0 outside the ROI),
 ``<stem>_overlay.png`` and ``<stem>.json`` (box, area in px and mm^2 when the pixel spacing is known,
@@ -25,7 +28,7 @@ import numpy as np
 from kerasseg.data.imageio import read_image  # the one reader, shared with data prepare
 from kerasseg.errors import KerassegError
 from kerasseg.export.outputs import measure, overlay, uncertainty_to_uint8, write_png
-from kerasseg.export.roi_input import box_from_hint, check_box, parse_roi
+from kerasseg.export.roi_input import box_from_hint, check_box, parse_roi, serving_boxes
 from kerasseg.fileio import output_dir, write_json, write_npz
 
 
@@ -59,11 +62,14 @@ class Segmenter:
                 self._fn = self._loaded.signatures["serving_default"]
             except Exception as exc:  # noqa: BLE001 - a broken export is a user-input problem
                 raise KerassegError(f"cannot load SavedModel: {str(exc).splitlines()[0]}", export) from None
+            # exports written before the whole-image signature: boxes are cropped here instead
+            self._boxes_fn = self._loaded.signatures.get("serving_boxes")
             self.kind = "export"
         else:
             src = load_ensemble(source)
             self._module = build_serving_module(src, tta=tta)
             self._fn = self._module.serve
+            self._boxes_fn = self._module.serve_boxes
             self.kind = "keras"
 
     def __call__(self, images):
@@ -101,6 +107,95 @@ class Segmenter:
         return {k: (np.concatenate(v).astype(dtypes[k]) if v else np.zeros(x.shape, dtypes[k]))
                 for k, v in parts.items()}
 
+    def predict_boxes(self, image, boxes, path=None) -> dict:
+        """Segment boxes of a whole image through the whole-image graph (``serving_boxes``).
+
+        Args:
+            image: float (H, W) whole image (raw intensities).
+            boxes: int (N, 4) ``(y0, x0, y1, x1)`` pixels, ends exclusive (the order of
+                ``serving_boxes``; :func:`kerasseg.export.roi_input.serving_boxes` converts
+                ``--roi`` boxes).
+            path: the input file, named in errors.
+
+        Returns:
+            NumPy arrays of :data:`kerasseg.models.whole_image.OUTPUTS`: ``probability`` float32
+            (N, Hmax, Wmax), ``mask`` uint8 and ``uncertainty`` float32 (box i in ``[i, :h_i, :w_i]``,
+            zero-padded), ``box_size`` int32 (N, 2), ``image_mask`` uint8 (H, W) and
+            ``image_probability`` float32 (H, W).
+
+        The boxes are checked here first (one-line KerassegError). An image over
+        :data:`kerasseg.export.savedmodel.MAX_PIXELS` is sent as the region spanning the boxes
+        (the per-box results depend only on the pixels inside each box).
+        """
+        import tensorflow as tf
+
+        from kerasseg.export import savedmodel
+
+        x = np.asarray(image, dtype=np.float32)
+        if x.ndim != 2:
+            raise KerassegError(f"image must be [height, width], got shape {tuple(x.shape)}", path)
+        b = np.asarray(boxes)
+        if b.ndim != 2 or b.shape[1] != 4 or len(b) == 0:
+            raise KerassegError(f"boxes must be [N, 4] (y0, x0, y1, x1) with N >= 1, got shape {tuple(b.shape)}", path)
+        if len(b) > savedmodel.MAX_BOXES:
+            raise KerassegError(f"at most {savedmodel.MAX_BOXES} boxes per image, got {len(b)}", path)
+        b = b.astype(np.int64)
+        for y0, x0, y1, x1 in b:
+            check_box((x0, y0, x1, y1), x.shape, path, min_side=savedmodel.MIN_SIDE)
+            if not np.all(np.isfinite(x[y0:y1, x0:x1])):
+                raise KerassegError(f"ROI {x0},{y0},{x1},{y1} contains NaN or infinite values", path)
+        oy, ox = 0, 0
+        if x.size > savedmodel.MAX_PIXELS:  # only the region the boxes span goes to the graph
+            oy, ox = int(b[:, 0].min()), int(b[:, 1].min())
+            ey, ex = int(b[:, 2].max()), int(b[:, 3].max())
+            if (ey - oy) * (ex - ox) > savedmodel.MAX_PIXELS:
+                raise KerassegError(f"the boxes span {ey - oy} x {ex - ox} pixels, more than the "
+                                    f"{savedmodel.MAX_PIXELS} pixels of one request", path)
+            region, rboxes = x[oy:ey, ox:ex], b - np.array([oy, ox, oy, ox])
+        else:
+            region, rboxes = x, b
+        if self._boxes_fn is None:
+            out = self._crop_boxes(region, rboxes)
+        else:
+            try:
+                res = self._boxes_fn(image=tf.constant(region), boxes=tf.constant(rboxes.astype(np.int32)))
+            except tf.errors.InvalidArgumentError as exc:
+                raise KerassegError(_graph_error(exc), path) from None
+            out = {k: v.numpy() for k, v in res.items()}
+        if (oy, ox) != (0, 0) or region.shape != x.shape:
+            for k in ("image_mask", "image_probability"):
+                full = np.zeros(x.shape, out[k].dtype)
+                full[oy:oy + region.shape[0], ox:ox + region.shape[1]] = out[k]
+                out[k] = full
+        return out
+
+    def _crop_boxes(self, image, boxes) -> dict:
+        """``predict_boxes`` for an export without ``serving_boxes``: each box cropped in NumPy."""
+        hs, ws = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        n, hmax, wmax = len(boxes), int(hs.max()), int(ws.max())
+        out = {"probability": np.zeros((n, hmax, wmax), np.float32), "mask": np.zeros((n, hmax, wmax), np.uint8),
+               "uncertainty": np.zeros((n, hmax, wmax), np.float32),
+               "box_size": np.stack([hs, ws], axis=1).astype(np.int32),
+               "image_mask": np.zeros(image.shape, np.uint8), "image_probability": np.zeros(image.shape, np.float32)}
+        for i, (y0, x0, y1, x1) in enumerate(boxes):
+            one = self.predict(image[np.newaxis, y0:y1, x0:x1])
+            for k in ("probability", "mask", "uncertainty"):
+                out[k][i, :y1 - y0, :x1 - x0] = one[k][0]
+            out["image_mask"][y0:y1, x0:x1] |= one["mask"][0]
+            np.maximum(out["image_probability"][y0:y1, x0:x1], one["probability"][0],
+                       out=out["image_probability"][y0:y1, x0:x1])
+        return out
+
+
+def _graph_error(exc) -> str:
+    """The one-line text of a graph's InvalidArgumentError (its assertion message, brackets dropped)."""
+    msg = str(getattr(exc, "message", exc))
+    if "assertion failed:" in msg:
+        text = msg.split("assertion failed:", 1)[1].strip().splitlines()[0]
+        return " ".join(part.strip("[] ") for part in text.split("] [")).strip()
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and not ln.strip().startswith(("[[", "File "))]
+    return lines[-1] if lines else "the model refused the request"
+
 
 # --------------------------------------------------------------------------- reading inputs
 # Images are read by kerasseg.data.imageio.read_image (imported above), the reader data prepare uses.
@@ -123,15 +218,20 @@ def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None) -> dict:
         box = check_box(box_from_hint(hint, (h, w), mask_hint if not isinstance(mask_hint, np.ndarray) else path),
                         (h, w), path)
     else:
-        box = (0, 0, w, h)
-    x0, y0, x1, y1 = box
-    crop = image.pixels[y0:y1, x0:x1]
-    out = segmenter.predict(crop[np.newaxis])
-    prob, mask, unc = out["probability"], out["mask"], out["uncertainty"]
-    full = np.zeros((h, w), np.uint8)
-    full[y0:y1, x0:x1] = mask[0]
+        box = None
     full_unc = np.zeros((h, w), np.uint8)
-    full_unc[y0:y1, x0:x1] = uncertainty_to_uint8(unc[0])
+    if box is None:  # the whole image is the ROI crop
+        x0, y0, x1, y1 = 0, 0, w, h
+        out = segmenter.predict(image.pixels[np.newaxis])
+        prob, unc = out["probability"][0], out["uncertainty"][0]
+        full = out["mask"][0].astype(np.uint8)
+    else:  # the whole image and the box through the whole-image graph (serving_boxes)
+        x0, y0, x1, y1 = box
+        out = segmenter.predict_boxes(image.pixels, serving_boxes([box]), path)
+        prob = out["probability"][0, :y1 - y0, :x1 - x0]
+        unc = out["uncertainty"][0, :y1 - y0, :x1 - x0]
+        full = out["image_mask"].astype(np.uint8)
+    full_unc[y0:y1, x0:x1] = uncertainty_to_uint8(unc)
     output_dir(out_dir)
     stem = path.stem
     mask_path = out_dir / f"{stem}_mask.png"
@@ -139,7 +239,7 @@ def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None) -> dict:
     overlay_path = out_dir / f"{stem}_overlay.png"
     write_png(mask_path, full * np.uint8(255))
     write_png(unc_path, full_unc)
-    write_png(overlay_path, overlay(image.pixels, full, box))
+    write_png(overlay_path, overlay(image.pixels, full, (x0, y0, x1, y1)))
     info = {
         "input": str(path),
         "image_size": [int(w), int(h)],

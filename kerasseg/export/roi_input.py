@@ -1,5 +1,7 @@
 """Where the ROI of a whole image is: a box ``x0,y0,x1,y1`` from the command line or the bounding
-box of a hint mask, checked against the image (one-line errors naming the input)."""
+box of a hint mask, checked against the image (one-line errors naming the input), and in the
+``(y0, x0, y1, x1)`` order of the whole-image graph (``serving_boxes``,
+:func:`kerasseg.models.whole_image.boxes_function`)."""
 
 from __future__ import annotations
 
@@ -20,15 +22,26 @@ def parse_roi(text: str) -> tuple[int, int, int, int]:
     return box
 
 
-def check_box(box, shape, path=None) -> tuple[int, int, int, int]:
-    """Validate box (x0, y0, x1, y1; x1/y1 exclusive) against an image of ``shape`` (H, W)."""
+def check_box(box, shape, path=None, min_side: int = 1) -> tuple[int, int, int, int]:
+    """Validate box (x0, y0, x1, y1; x1/y1 exclusive) against an image of ``shape`` (H, W); both
+    sides must be at least ``min_side`` pixels."""
     x0, y0, x1, y1 = (int(v) for v in box)
     h, w = shape
     if x1 <= x0 or y1 <= y0:
         raise KerassegError(f"ROI {x0},{y0},{x1},{y1} is empty (need x0 < x1 and y0 < y1)", path)
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         raise KerassegError(f"ROI {x0},{y0},{x1},{y1} is outside the image ({w} x {h} pixels, x = column)", path)
+    if x1 - x0 < min_side or y1 - y0 < min_side:
+        raise KerassegError(f"ROI {x0},{y0},{x1},{y1} is {x1 - x0} x {y1 - y0} pixels; ROIs must be at least "
+                            f"{min_side} x {min_side} pixels", path)
     return x0, y0, x1, y1
+
+
+def serving_boxes(boxes) -> np.ndarray:
+    """Boxes ``(x0, y0, x1, y1)`` (the order of ``--roi``) -> int32 ``(N, 4)`` ``(y0, x0, y1, x1)``,
+    the order of ``serving_boxes`` (:func:`kerasseg.models.whole_image.boxes_function`)."""
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    return b[:, [1, 0, 3, 2]].astype(np.int32)
 
 
 def box_from_hint(hint: np.ndarray, shape, path=None) -> tuple[int, int, int, int]:

@@ -20,13 +20,37 @@ test-time augmentation (``tta``: none / flips / dihedral) and the post-processin
 ``serving_bytes``
     input ``image_bytes`` string ``[batch]``: encoded PNG (8 or 16 bit, grey or RGB(A)), JPEG or BMP
     crops of one size (REST clients send ``{"b64": ...}``), decoded in the graph with the one
-    RGB-to-grey rule of :mod:`kerasseg.data.imageio`.
+    RGB-to-grey rule of :mod:`kerasseg.data.imageio` (:func:`decode_image_bytes`).
 
 All three output ``probability`` float32 ``[batch, height, width]`` (mean over members x TTA
 transforms), ``mask`` uint8 (thresholded, post-processed) and ``uncertainty`` float32 (population
-std over members x transforms; 0 for one model without TTA). A request
-with an empty batch, a side under 8 px, NaN/inf pixels or bytes that are no such image fails with
-``InvalidArgumentError`` naming the input and this contract.
+std over members x transforms; 0 for one model without TTA).
+
+``serving_boxes``
+    inputs ``image`` float32 ``[height, width]`` (one whole mammogram or a large region of one) and
+    ``boxes`` int32 ``[N, 4]`` = ``(y0, x0, y1, x1)`` pixels, ends exclusive. The graph of
+    :func:`kerasseg.models.whole_image.boxes_function`: each box is cropped and resized to the model
+    size in the graph, the N crops go through the ensemble function in one batch, each result is
+    resized back to its box. Outputs ``probability`` float32 ``[N, Hmax, Wmax]``, ``mask`` uint8 and
+    ``uncertainty`` float32 (box i's values in ``[i, :h_i, :w_i]``, zero-padded), ``box_size`` int32
+    ``[N, 2]`` = ``(h_i, w_i)``, ``image_mask`` uint8 ``[height, width]`` (union of the box masks)
+    and ``image_probability`` float32 ``[height, width]`` (max over the boxes covering a pixel, 0
+    outside all boxes). Box i's outputs equal ``serving_default`` on ``image[y0:y1, x0:x1]``.
+``serving_boxes_bytes``
+    inputs ``image_bytes`` string scalar (one encoded image, as for ``serving_bytes``) and ``boxes``;
+    the same outputs.
+
+Limits (module constants, refused with ``InvalidArgumentError`` naming the limit): crops per
+request :data:`MAX_BATCH`; boxes per request :data:`MAX_BOXES`; pixels of one image
+:data:`MAX_PIXELS` (a ``serving_boxes`` image; an encoded image's declared height x width, read
+from its PNG IHDR / JPEG SOF / BMP header BEFORE anything is decoded, so a small file declaring a
+huge image costs nothing; all images of one ``serving_bytes`` request together; the padded
+per-box outputs N x Hmax x Wmax); crop and box sides >= :data:`MIN_SIDE`.
+
+A request with an empty batch, a side under 8 px, NaN/inf pixels, a bad box (empty, outside the
+image, under 8 px; the message names the box's index and values), bytes that are no such image
+or a truncated header fails with ``InvalidArgumentError`` naming the input and this contract
+(plain-text messages: never the request's raw bytes).
 """
 
 from __future__ import annotations
@@ -40,11 +64,23 @@ from pathlib import Path
 
 from kerasseg.errors import KerassegError
 
-#: smallest accepted crop side (px) in a serving request
+#: smallest accepted crop side and box side (px) in a serving request
 MIN_SIDE = 8
-SIGNATURES = ("serving_default", "serving_4d", "serving_bytes")
-CONTRACT = (f"float32 [batch, height, width] raw ROI crops with batch >= 1, height and width >= {MIN_SIDE} "
-            "and finite pixels")
+#: most pixels of one image in a request: a ``serving_boxes`` image, an encoded image's declared
+#: height x width (checked from its header before decoding), all images of one ``serving_bytes``
+#: request together, and the padded per-box outputs of ``serving_boxes``. 50 M pixels hold a
+#: 3328 x 4084 mammogram (13.6 M) with room; decoding a 16-bit RGBA PNG at the limit takes
+#: about 400 MB, its float32 copy 800 MB.
+MAX_PIXELS = 50_000_000
+#: most crops in one ``serving_default`` / ``serving_4d`` / ``serving_bytes`` request
+MAX_BATCH = 256
+#: most boxes in one ``serving_boxes`` / ``serving_boxes_bytes`` request
+MAX_BOXES = 64
+SIGNATURES = ("serving_default", "serving_4d", "serving_bytes", "serving_boxes", "serving_boxes_bytes")
+CONTRACT = (f"float32 [batch, height, width] raw ROI crops with 1 <= batch <= {MAX_BATCH}, height and width "
+            f">= {MIN_SIDE} and finite pixels")
+BYTES_CONTRACT = (f"encoded PNG (8/16-bit), JPEG or BMP images, each declaring at most {MAX_PIXELS} pixels "
+                  "(MAX_PIXELS) in its header")
 
 
 # --------------------------------------------------------------------------- loading
@@ -65,29 +101,116 @@ def load_ensemble(source):
 
 
 # --------------------------------------------------------------------------- decoding bytes
+_PNG_SIGNATURE = (137, 80, 78, 71, 13, 10, 26, 10)
+_FORMATS = ("unknown", "PNG", "JPEG", "BMP")
+#: JPEG markers scanned for the frame header (SOF) before giving up
+_JPEG_MARKERS = 4096
+
+
+def read_image_header(data, max_pixels: int = MAX_PIXELS):
+    """``(height, width, format, png_bit_depth)`` int32 scalars an encoded image (a scalar
+    tf.string) declares, read from its header without decoding anything.
+
+    PNG: the IHDR chunk (bytes 16..24, big-endian); JPEG: the first frame header (SOF0..SOF15
+    markers, found by walking the marker segments); BMP: the BITMAPINFOHEADER width/height
+    (bytes 18..26, little-endian; a negative height is a top-down image). ``format`` is 1 (PNG),
+    2 (JPEG) or 3 (BMP). Fails with ``InvalidArgumentError`` (a plain-text message naming
+    :data:`BYTES_CONTRACT`, never the bytes) for bytes of no such format, a truncated or malformed
+    header, or a declared height x width over ``max_pixels``.
+    """
+    import tensorflow as tf
+
+    pad = 16
+    length = tf.strings.length(data)
+    raw = tf.concat([tf.io.decode_raw(data, tf.uint8), tf.zeros([pad], tf.uint8)], axis=0)
+    last = length + pad - 1
+
+    def byte(i):
+        return tf.cast(tf.gather(raw, tf.minimum(i, last)), tf.int32)
+
+    def be32(i):  # int64: a PNG side may be up to 2**31 - 1
+        return tf.add_n([tf.cast(byte(i + k), tf.int64) * (256 ** (3 - k)) for k in range(4)])
+
+    def le32(i):  # signed, as TF's BMP decoder reads it
+        v = tf.add_n([tf.cast(byte(i + k), tf.int64) * (256 ** k) for k in range(4)])
+        return tf.where(v >= 2 ** 31, v - 2 ** 32, v)
+
+    head = tf.cast(raw[:8], tf.int32)
+    is_png = tf.reduce_all(tf.equal(head, _PNG_SIGNATURE))
+    is_jpeg = tf.logical_and(tf.equal(head[0], 0xFF), tf.equal(head[1], 0xD8))
+    is_bmp = tf.logical_and(tf.equal(head[0], ord("B")), tf.equal(head[1], ord("M")))
+    fmt = tf.where(is_png, 1, tf.where(is_jpeg, 2, tf.where(is_bmp, 3, 0)))
+
+    def jpeg_size():
+        def body(pos, h, w, state):
+            b0, m = byte(pos), byte(pos + 1)
+            seg = byte(pos + 2) * 256 + byte(pos + 3)
+            sof = tf.logical_and(tf.logical_and(m >= 0xC0, m <= 0xCF),
+                                 tf.logical_not(tf.reduce_any(tf.equal(m, [0xC4, 0xC8, 0xCC]))))
+            alone = tf.logical_or(tf.logical_and(m >= 0xD0, m <= 0xD7), tf.equal(m, 0x01))
+            fill = tf.equal(m, 0xFF)
+            bad = tf.reduce_any(tf.stack([tf.not_equal(b0, 0xFF), pos + 4 > length,
+                                          tf.reduce_any(tf.equal(m, [0xD8, 0xD9, 0xDA])),
+                                          tf.logical_and(sof, pos + 9 > length),
+                                          tf.logical_and(tf.logical_not(sof | alone | fill), seg < 2)]))
+            found = tf.logical_and(sof, tf.logical_not(bad))
+            step = tf.where(fill, 1, tf.where(alone, 2, 2 + seg))
+            return (pos + step, tf.where(found, byte(pos + 5) * 256 + byte(pos + 6), h),
+                    tf.where(found, byte(pos + 7) * 256 + byte(pos + 8), w),
+                    tf.where(bad, 2, tf.where(found, 1, 0)))
+
+        _, h, w, state = tf.while_loop(lambda pos, h, w, state: tf.equal(state, 0), body,
+                                       (tf.constant(2), tf.constant(0), tf.constant(0), tf.constant(0)),
+                                       maximum_iterations=_JPEG_MARKERS)
+        ok = tf.equal(state, 1)
+        return tf.cast(h, tf.int64), tf.cast(w, tf.int64), ok
+
+    def no_jpeg():
+        zero = tf.constant(0, tf.int64)
+        return zero, zero, tf.constant(False)
+
+    jh, jw, jpeg_ok = tf.cond(is_jpeg, jpeg_size, no_jpeg)
+    png_ok = tf.logical_and(length >= 33, tf.reduce_all(tf.equal(
+        tf.stack([byte(12), byte(13), byte(14), byte(15)]), [ord(c) for c in "IHDR"])))
+    bmp_h = le32(22)
+    height = tf.where(is_png, be32(20), tf.where(is_jpeg, jh, tf.abs(bmp_h)))
+    width = tf.where(is_png, be32(16), tf.where(is_jpeg, jw, le32(18)))
+    complete = tf.where(is_png, png_ok, tf.where(is_jpeg, jpeg_ok, length >= 26))
+    complete = tf.logical_and(complete, tf.logical_and(height > 0, width > 0))
+    name = tf.gather(tf.constant(_FORMATS), fmt)
+    what = f"kerasseg serving: input image_bytes must hold {BYTES_CONTRACT}"
+    known = tf.debugging.Assert(fmt > 0, [f"{what}; got", length, "bytes that start with no PNG, JPEG or BMP "
+                                          "signature"])
+    with tf.control_dependencies([known]):
+        whole = tf.debugging.Assert(complete, [f"{what}; got a truncated or malformed", name, "header (", length,
+                                               "bytes)"])
+    with tf.control_dependencies([whole]):
+        small = tf.debugging.Assert(height * width <= max_pixels, [
+            f"{what}; got a", name, "image declaring height x width =", height, width,
+            f"pixels, over the limit of {max_pixels} pixels (MAX_PIXELS)"])
+    with tf.control_dependencies([small]):
+        return (tf.identity(tf.cast(height, tf.int32)), tf.identity(tf.cast(width, tf.int32)),
+                tf.identity(fmt), tf.where(is_png, byte(24), 0))
+
+
 def decode_image_bytes(data):
     """One encoded PNG (8/16-bit) / JPEG / BMP image (a scalar tf.string) -> float32 (H, W) grey.
 
     Raw stored values (0..255 or 0..65535); colour images become grey with
-    :data:`kerasseg.data.imageio.RGB_TO_GREY`; an alpha channel is dropped.
+    :data:`kerasseg.data.imageio.RGB_TO_GREY`; an alpha channel is dropped. The header is checked
+    first (:func:`read_image_header`: the format, a complete header, at most :data:`MAX_PIXELS`
+    declared pixels), so junk bytes and decompression bombs fail before any decoding.
     """
     import tensorflow as tf
 
     from kerasseg.data.imageio import RGB_TO_GREY
 
-    head = tf.strings.substr(data, 0, 4)
-    is_png = tf.equal(head, b"\x89PNG")
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8")
-    is_bmp = tf.equal(tf.strings.substr(data, 0, 2), b"BM")
-    known = tf.logical_or(is_png, tf.logical_or(is_jpeg, is_bmp))
-    check = tf.debugging.Assert(known, [
-        "kerasseg serving: input image_bytes must hold encoded PNG (8/16-bit), JPEG or BMP images; "
-        "got bytes that are none of these (first bytes)", tf.strings.substr(data, 0, 8)])
-    with tf.control_dependencies([check]):
+    data = tf.ensure_shape(data, [])
+    _, _, fmt, depth = read_image_header(data)
+    with tf.control_dependencies([fmt]):
         data = tf.identity(data)
 
     def png():
-        depth = tf.io.decode_raw(tf.strings.substr(data, 24, 1), tf.uint8)[0]
         return tf.cond(tf.equal(depth, 16),
                        lambda: tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float32),
                        lambda: tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint8), tf.float32))
@@ -95,7 +218,7 @@ def decode_image_bytes(data):
     def other():
         return tf.cast(tf.io.decode_image(data, channels=0, expand_animations=False), tf.float32)
 
-    img = tf.cond(is_png, png, other)
+    img = tf.cond(tf.equal(fmt, 1), png, other)
     img = tf.ensure_shape(img, [None, None, None])
     c = tf.shape(img)[-1]
     weights = tf.constant(RGB_TO_GREY, tf.float32)
@@ -104,8 +227,9 @@ def decode_image_bytes(data):
 
 # --------------------------------------------------------------------------- the serving module
 def build_serving_module(model, tta: str = "none", postprocessing: dict | None = None):
-    """A ``tf.Module`` with the three signature functions; each validates its input and runs
-    :func:`kerasseg.models.ensemble.ensemble_function`.
+    """A ``tf.Module`` with the signature functions (:data:`SIGNATURES`); each validates its input
+    and runs :func:`kerasseg.models.ensemble.ensemble_function` (the box signatures through
+    :func:`kerasseg.models.whole_image.boxes_function` around the same function).
 
     Args:
         model: a segmenter (or bare network), a list of them (ensemble members) or an
@@ -117,6 +241,7 @@ def build_serving_module(model, tta: str = "none", postprocessing: dict | None =
     import tensorflow as tf
 
     from kerasseg.models.ensemble import ensemble_function
+    from kerasseg.models.whole_image import boxes_function
     from kerasseg.training.run import EnsembleSource
 
     if isinstance(model, EnsembleSource):
@@ -124,6 +249,12 @@ def build_serving_module(model, tta: str = "none", postprocessing: dict | None =
             postprocessing = model.postprocessing
         model = model.members
     segment = ensemble_function(model, tta=tta, postprocessing=postprocessing)
+    on_boxes = boxes_function(segment, min_side=MIN_SIDE, max_boxes=MAX_BOXES, max_pixels=MAX_PIXELS)
+
+    def at_most_batch(n, name):
+        """An Assert that 1 <= n <= MAX_BATCH."""
+        return tf.debugging.Assert(tf.logical_and(tf.greater(n, 0), n <= MAX_BATCH), [
+            f"kerasseg serving: input {name} must hold 1 to {MAX_BATCH} (MAX_BATCH) images; got batch", n])
 
     class SegmentationServing(tf.Module):
         def __init__(self):
@@ -143,7 +274,7 @@ def build_serving_module(model, tta: str = "none", postprocessing: dict | None =
 
             def valid():
                 shape = tf.shape(x)
-                ok = tf.logical_and(tf.greater(shape[0], 0),
+                ok = tf.logical_and(tf.logical_and(tf.greater(shape[0], 0), shape[0] <= MAX_BATCH),
                                     tf.reduce_all(tf.greater_equal(shape[1:3], MIN_SIDE)))
                 return tf.logical_and(ok, tf.reduce_all(tf.math.is_finite(x)))
 
@@ -166,30 +297,48 @@ def build_serving_module(model, tta: str = "none", postprocessing: dict | None =
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(self, image_bytes):
+            image_bytes = tf.ensure_shape(image_bytes, [None], name="image_bytes")
             n = tf.shape(image_bytes)[0]
-            nonempty = tf.debugging.Assert(tf.greater(n, 0), [
-                "kerasseg serving: input image_bytes must hold at least one image; got batch", n])
-            with tf.control_dependencies([nonempty]):
+            with tf.control_dependencies([at_most_batch(n, "image_bytes")]):
                 image_bytes = tf.identity(image_bytes)
-            shapes = tf.map_fn(lambda b: tf.shape(decode_image_bytes(b)), image_bytes,
-                               fn_output_signature=tf.int32)
+            # the declared sizes, from the headers alone: nothing is decoded before every check passed
+            shapes = tf.map_fn(lambda b: tf.stack(read_image_header(b)[:2]), image_bytes,
+                               fn_output_signature=tf.TensorSpec([2], tf.int32))
             same = tf.debugging.Assert(tf.reduce_all(tf.equal(shapes, shapes[0])), [
                 "kerasseg serving: the images of one image_bytes request must all have the same "
                 "height and width; got shapes", shapes])
             with tf.control_dependencies([same]):
+                total = tf.cast(n, tf.int64) * tf.cast(shapes[0, 0], tf.int64) * tf.cast(shapes[0, 1], tf.int64)
+                room = tf.debugging.Assert(total <= MAX_PIXELS, [
+                    f"kerasseg serving: the images of one image_bytes request must hold at most {MAX_PIXELS} "
+                    "pixels (MAX_PIXELS) in all; got batch, height, width =", n, shapes[0]])
+            with tf.control_dependencies([room]):
                 image_bytes = tf.identity(image_bytes)
             x = tf.map_fn(decode_image_bytes, image_bytes,
                           fn_output_signature=tf.TensorSpec([None, None], tf.float32))
             return segment(self._check(x, "image_bytes"))
 
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="image"),
+                                      tf.TensorSpec([None, 4], tf.int32, name="boxes")])
+        def serve_boxes(self, image, boxes):
+            return on_boxes(image, boxes)
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="image_bytes"),
+                                      tf.TensorSpec([None, 4], tf.int32, name="boxes")])
+        def serve_boxes_bytes(self, image_bytes, boxes):
+            image_bytes = tf.ensure_shape(image_bytes, [], name="image_bytes")
+            return on_boxes(decode_image_bytes(image_bytes), boxes)
+
     return SegmentationServing()
 
 
 def signatures_of(module) -> dict:
-    """The concrete functions to save, by signature name."""
+    """The concrete functions to save, by signature name (:data:`SIGNATURES`)."""
     return {"serving_default": module.serve.get_concrete_function(),
             "serving_4d": module.serve_4d.get_concrete_function(),
-            "serving_bytes": module.serve_bytes.get_concrete_function()}
+            "serving_bytes": module.serve_bytes.get_concrete_function(),
+            "serving_boxes": module.serve_boxes.get_concrete_function(),
+            "serving_boxes_bytes": module.serve_boxes_bytes.get_concrete_function()}
 
 
 # --------------------------------------------------------------------------- model card and warmup
@@ -251,6 +400,21 @@ def model_card(model, config: dict, run_dir, *, members=None, tta: str = "none",
             "serving_4d": {"image": "the same as float32 [batch, height, width, 1]"},
             "serving_bytes": {"image_bytes": "string [batch] of encoded PNG (8/16-bit), JPEG or BMP "
                               "crops of one size; REST: {\"b64\": ...}"},
+            "serving_boxes": {"image": "float32 [height, width]: one whole image or a large region of one",
+                              "boxes": "int32 [N, 4] (y0, x0, y1, x1) pixels, ends exclusive, inside the "
+                                       f"image, 1 <= N <= {MAX_BOXES}, sides >= {MIN_SIDE}"},
+            "serving_boxes_bytes": {"image_bytes": "string scalar: one encoded PNG (8/16-bit), JPEG or BMP "
+                                                   "image", "boxes": "as serving_boxes"},
+            "boxes_outputs": {
+                "probability": "float32 [N, Hmax, Wmax]: box i's mass probability in [i, :h_i, :w_i], "
+                               "zero-padded; equal to serving_default on the box's crop",
+                "mask": "uint8 [N, Hmax, Wmax], the same padding", "uncertainty": "float32 [N, Hmax, Wmax]",
+                "box_size": "int32 [N, 2] (h_i, w_i)",
+                "image_mask": "uint8 [height, width]: union of the box masks",
+                "image_probability": "float32 [height, width]: max over the boxes covering a pixel, 0 "
+                                     "outside all boxes"},
+            "limits": {"min_side": MIN_SIDE, "max_batch": MAX_BATCH, "max_boxes": MAX_BOXES,
+                       "max_pixels": MAX_PIXELS},
             "outputs": {"probability": "float32 [batch, height, width] mass probability",
                         "mask": "uint8 [batch, height, width], probability >= 0.5, then the "
                                 "post-processing",
@@ -266,7 +430,8 @@ def model_card(model, config: dict, run_dir, *, members=None, tta: str = "none",
 
 def warmup_requests(size: int, model_name: str = "kerasseg") -> list:
     """``PredictionLog`` records for ``assets.extra/tf_serving_warmup_requests``: one request per
-    signature (a model-size crop, a 57 x 71 crop of two images, a PNG)."""
+    signature (a model-size crop, a 57 x 71 crop of two images, a PNG, a 160 x 200 image with two
+    boxes of different sizes, the same as PNG bytes)."""
     import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -275,13 +440,19 @@ def warmup_requests(size: int, model_name: str = "kerasseg") -> list:
     crop = rng.uniform(0, 4000, (1, size, size)).astype(np.float32)
     crops = rng.uniform(0, 4000, (2, 57, 71)).astype(np.float32)
     png = tf.io.encode_png(tf.constant(rng.integers(0, 65535, (size, size, 1), dtype=np.uint16))).numpy()
-    inputs = [("serving_default", "image", crop), ("serving_default", "image", crops),
-              ("serving_4d", "image", crop[..., None]),
-              ("serving_bytes", "image_bytes", np.array([png], dtype=object))]
+    whole = rng.integers(0, 65535, (160, 200), dtype=np.uint16)
+    boxes = np.array([[10, 20, 70, 110], [40, 90, 150, 190]], np.int32)
+    whole_png = tf.io.encode_png(tf.constant(whole[..., None])).numpy()
+    inputs = [("serving_default", {"image": crop}), ("serving_default", {"image": crops}),
+              ("serving_4d", {"image": crop[..., None]}),
+              ("serving_bytes", {"image_bytes": np.array([png], dtype=object)}),
+              ("serving_boxes", {"image": whole.astype(np.float32), "boxes": boxes}),
+              ("serving_boxes_bytes", {"image_bytes": np.array(whole_png, dtype=object), "boxes": boxes})]
     logs = []
-    for sig, name, value in inputs:
+    for sig, values in inputs:
         req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=sig))
-        req.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        for name, value in values.items():
+            req.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)))
     return logs
 

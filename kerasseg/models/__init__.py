@@ -3,7 +3,8 @@
 ``build_model(arch, input_size=40, crf=None, prior=None, **arch_kwargs)`` builds any of
 them (see :mod:`kerasseg.models.registry`); ``final_key(model)`` names the output that
 holds the final prediction; ``build_segmenter(network, preprocessor)`` puts the preprocessing
-in front (the model that is saved, evaluated and served). Importing this package registers every custom layer, so
+in front (the model that is saved, evaluated and served); ``boxes_function`` runs it on boxes of a
+whole image (:mod:`kerasseg.models.whole_image`). Importing this package registers every custom layer, so
 ``keras.saving.load_model(path)`` can reload saved models.
 """
 
@@ -13,11 +14,13 @@ from kerasseg.models.ensemble import TTA_MODES, ensemble_function, predict_ensem
 from kerasseg.models.fcn import FCN_VARIANTS, fcn_geometry
 from kerasseg.models.registry import ALIASES, ARCH_OPTIONS, build_model, final_key, list_archs, output_keys
 from kerasseg.models.segmenter import as_segmenter, build_segmenter, get_network, get_preprocessor, model_size
+from kerasseg.models.whole_image import boxes_function
 
 __all__ = [
     "TTA_MODES",
     "ensemble_function",
     "predict_ensemble",
+    "boxes_function",
     "ALIASES",
     "ARCH_OPTIONS",
     "FCN_VARIANTS",
