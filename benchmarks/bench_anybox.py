@@ -18,7 +18,8 @@ Protocol (the held-out fold is never used for a choice):
 
     python -m benchmarks.bench_anybox --models tight,anybox,m0.3 --folds 5 --epochs 30
 
-Results: ``benchmarks/results/anybox.json`` / ``anybox.md`` (per model and margin: mean ± std over folds);
+Results: ``benchmarks/results/anybox.json`` / ``anybox.md`` (per model and margin: mean ± std over folds)
+and ``anybox.png`` (the curves);
 fold runs stay in ``--work`` (a finished fold is reused when the benchmark is run again).
 """
 
@@ -157,8 +158,42 @@ def main(argv=None) -> int:
                                    "margins": summary, "seconds_per_fold": float(np.mean(seconds))}
         atomic_write(results_path, json.dumps(results, indent=2))
         atomic_write(RESULTS / f"{args.results}.md", markdown(results))
+        plot(results, RESULTS / f"{args.results}.png")
     print(markdown(results))
     return 0
+
+
+def plot(results: dict, path: Path) -> None:
+    """Dice vs box margin per model (mean ± std over folds), the prior dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    first = None
+    for name, r in results["models"].items():
+        ms = sorted(r["margins"], key=float)
+        x = [float(m) for m in ms]
+        mean = np.array([100 * r["margins"][m]["model"]["mean"] for m in ms])
+        std = np.array([100 * r["margins"][m]["model"]["std"] for m in ms])
+        style = "-o" if name in ("tight", "anybox") else ":."
+        ax.plot(x, mean, style, label=name, lw=2 if name in ("tight", "anybox") else 1)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.12)
+        first = first or r
+    ms = sorted(first["margins"], key=float)
+    ax.plot([float(m) for m in ms], [100 * first["margins"][m]["prior"]["mean"] for m in ms], "k--",
+            label="prior (mean training mask at the same boxes)")
+    ax.set_xlabel("box margin scored at (each side grown by m x box size)")
+    ax.set_ylabel("Dice % (held-out folds)")
+    ax.set_title(f"{results['config']} on lesion-dev, {results['folds']}-fold grouped CV, {results['epochs']} epochs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def markdown(results: dict) -> str:

@@ -277,3 +277,56 @@ def test_folds_and_resplit_messages_name_the_real_problem():
     assert "0 among 0" not in str(exc.value)
     with pytest.raises(KerassegError, match="no train ROIs"):
         resplit(["train"] * 2, ["a", "b"], test_fraction=0.9, val_fraction=0.0)
+
+
+# --------------------------------------------------------------------------- exports
+@pytest.fixture(scope="module")
+def small_segmenter():
+    from kerasseg.layers import ImagePreprocessor
+    from kerasseg.models import build_model, build_segmenter
+
+    return build_segmenter(build_model("unet", filters=(4, 8)), ImagePreprocessor(40, name="preprocessor"))
+
+
+def test_concurrent_export_to_one_base_is_refused_not_replaced(tmp_path, small_segmenter):
+    from kerasseg.export.savedmodel import export_model
+
+    base = tmp_path / "serving" / "massseg"
+    base.parent.mkdir()
+    with folder_lock(base, "export folder"):      # as another `kerasseg export` to the same base
+        with pytest.raises(KerassegError, match=rf"in use by pid {os.getpid()}"):
+            export_model(small_segmenter, base)
+    assert not base.exists() or not any(base.iterdir())
+
+
+@pytest.mark.parametrize("make_error", [
+    lambda: OSError(28, "No space left on device"),
+    lambda: __import__("tensorflow").errors.ResourceExhaustedError(
+        None, None, "/x/.1.tmp-abc/model/variables/variables.data-00000-of-00001; No space left on device"),
+])
+def test_export_on_a_full_disk_is_one_line_naming_the_target(tmp_path, small_segmenter, monkeypatch, make_error):
+    from kerasseg.export import savedmodel
+
+    def full(*_a, **_k):
+        raise make_error()
+
+    monkeypatch.setattr(savedmodel, "_write_saved_model", full)
+    base = tmp_path / "serving"
+    with pytest.raises(KerassegError) as exc:
+        savedmodel.export_model(small_segmenter, base)
+    msg = str(exc.value)
+    assert "No space left on device" in msg and str(base / "1") in msg
+    assert ".tmp-" not in msg and "\n" not in msg
+    assert sorted(p.name for p in base.iterdir()) == []      # no version, no temporary folder
+
+
+def test_a_report_folder_in_use_is_refused(tmp_path, rng):
+    from kerasseg.evaluation.report import evaluate_arrays
+
+    masks = (rng.random((3, 8, 8)) > 0.5).astype(np.uint8)
+    out = tmp_path / "rep"
+    with folder_lock(out, "report folder"):
+        with pytest.raises(KerassegError, match="in use by pid"):
+            evaluate_arrays(masks.astype(np.float32), masks, ["a", "b", "c"], out, figures=False, verbose=False)
+    evaluate_arrays(masks.astype(np.float32), masks, ["a", "b", "c"], out, figures=False, verbose=False)
+    assert (out / "metrics.json").is_file() and not (tmp_path / ".rep.lock").exists()

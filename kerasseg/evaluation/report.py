@@ -181,18 +181,20 @@ def evaluate_arrays(prob, masks, ids, out_dir, *, images=None, spacing_mm=None, 
         return result
 
     final = Path(out_dir)
-    from kerasseg.fileio import output_dir, staged_dir
+    from kerasseg.fileio import folder_lock, output_dir, staged_dir
 
-    if final.exists():  # an earlier report (perhaps beside compare results) is replaced as one set
-        from kerasseg.fileio import staged_update
+    output_dir(final.parent if str(final.parent) else Path("."), "folder of the report folder")
+    with folder_lock(final, "report folder"):   # one evaluation writes a report folder at a time
+        if final.exists():  # an earlier report (perhaps beside compare results) is replaced as one set
+            from kerasseg.fileio import staged_update
 
-        out = output_dir(final, "report folder")
-        with staged_update(out, commit="metrics.json", owned=REPORT_FILES, what="report folder") as tmp:
-            result = write(tmp)
-    else:               # a new report folder appears complete or not at all
-        with staged_dir(final, what="report folder") as tmp:
-            result = write(tmp)
-        out = final
+            out = output_dir(final, "report folder")
+            with staged_update(out, commit="metrics.json", owned=REPORT_FILES, what="report folder") as tmp:
+                result = write(tmp)
+        else:               # a new report folder appears complete or not at all
+            with staged_dir(final, what="report folder") as tmp:
+                result = write(tmp)
+            out = final
     if verbose:
         print(format_summary(result))
         boxes = format_boxes(result)

@@ -509,9 +509,18 @@ def export_model(source, out, version: int | None = None, force: bool = False, t
     sees a half-written version. An existing version is only replaced with ``force=True``.
     Returns the version folder.
     """
-    from kerasseg.fileio import output_dir
+    from kerasseg.fileio import folder_lock, output_dir
 
     base = output_dir(out, "export folder", create=False)  # before loading the model
+    output_dir(base.parent if str(base.parent) else Path("."), "folder of the export folder")
+    # one export per base folder at a time: the version is chosen and written under the lock, so two
+    # concurrent exports can neither both pick version N nor replace each other's
+    with folder_lock(base, "export folder"):
+        return _export_locked(source, base, version, force, tta)
+
+
+def _export_locked(source, base: Path, version, force: bool, tta: str) -> Path:
+    """:func:`export_model` once the export folder is locked."""
     if version is None:
         found = existing_versions(base)
         version = (found[-1] + 1) if found else 1
@@ -539,7 +548,13 @@ def export_model(source, out, version: int | None = None, force: bool = False, t
     remove_leftovers(base, r"^\.\d+\.(tmp|old)-")  # what killed exports left (TF Serving ignores them)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base))
     try:
-        _write_saved_model(module, tmp / "model", card, model_name=base.name or "kerasseg")
+        try:
+            _write_saved_model(module, tmp / "model", card, model_name=base.name or "kerasseg")
+        except Exception as exc:  # a full disk, a quota, an I/O error: one line naming the target
+            why = _write_error(exc)
+            if why is None:
+                raise
+            raise KerassegError(f"cannot write the SavedModel ({why}); nothing was changed", target) from None
         fault_point("export.before_swap")
         if target.exists():  # force: swap, so that a version folder exists at every instant
             _exchange(tmp / "model", target)  # tmp/model now holds the old version
@@ -549,6 +564,25 @@ def export_model(source, out, version: int | None = None, force: bool = False, t
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _write_error(exc: BaseException) -> str | None:
+    """The one-line reason of a failed SavedModel write (OSError or TensorFlow's I/O errors such as
+    "No space left on device"), without the hidden temporary path; None for other errors."""
+    import errno as errno_mod
+
+    import tensorflow as tf
+
+    if isinstance(exc, OSError):
+        return exc.strerror or errno_mod.errorcode.get(exc.errno or 0) or str(exc)
+    if isinstance(exc, tf.errors.OpError):
+        text = (exc.message or str(exc)).strip().splitlines()[0]
+        for known in ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                      "Permission denied", "Input/output error"):
+            if known.lower() in text.lower():
+                return known
+        return re.sub(r"\S*\.tmp-\S*", "<export folder>", text)[:200]
+    return None
 
 
 def _exchange(a: Path, b: Path) -> None:
