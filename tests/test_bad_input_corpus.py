@@ -445,6 +445,59 @@ USAGE_CASES = {
 }
 
 
+# ---- round 3 (issue "Faults, round 3"): outputs, recorded state, box scoring
+def _fifo(tmp, name):
+    path = tmp / name
+    os.mkfifo(path)
+    return path
+
+
+def _cv_with_post(tmp, value):
+    folder = tmp / "cv"
+    folder.mkdir()
+    (folder / "cv.json").write_text(json.dumps({"kind": "kerasseg-cv", "status": "finished", "folds": 1,
+                                                "postprocessing": {"fill_holes": value}}))
+    return folder
+
+
+def _orphan_model(tmp, e):
+    folder = tmp / "orphan"
+    folder.mkdir()
+    shutil.copy(e["model"], folder / "model.keras")   # a finished run whose run.json is lost
+    return folder
+
+
+def _plain_npz(e, tmp):
+    """tiny.npz without its context windows (box scoring needs them)."""
+    from kerasseg.data.dataset import ROIDataset, load_npz, save_npz
+
+    ds = load_npz(e["tiny"])
+    return save_npz(ROIDataset(images=ds.images, masks=ds.masks, split=ds.split, ids=ds.ids), tmp / "plain.npz")
+
+
+CASES.update({
+    "split-out-is-a-fifo": lambda e, t: _c(["data", "split", e["tiny"], "--out", _fifo(t, "o.npz")],
+                                           t / "o.npz", "not a regular file"),
+    "info-grid-is-a-fifo": lambda e, t: _c(["data", "info", e["tiny"], "--grid", _fifo(t, "g.png")],
+                                           t / "g.png", "not a regular file"),
+    "evaluate-cv-post-not-bool": lambda e, t: _c(["evaluate", _cv_with_post(t, "no"), "--out", t / "rep"],
+                                                 "fill_holes must be true or false"),
+    "fit-over-model-without-run-json": lambda e, t: _c(["fit", e["cfg"], "--data", e["tiny"], "--out",
+                                                        _orphan_model(t, e), "--epochs", "1"], "no run.json"),
+    "evaluate-box-margin-without-windows": lambda e, t: _c(["evaluate", e["run"], "--data", _plain_npz(e, t),
+                                                            "--box-margin", "0.2", "--out", t / "rep"],
+                                                           t / "plain.npz", "data prepare"),
+    "fit-box-jitter-without-windows": lambda e, t: _c(["fit", _tiny_cfg(t / "j.yaml", "crunet-unet-anybox"),
+                                                       "--data", _plain_npz(e, t), "--out", t / "r"],
+                                                      t / "plain.npz", "data prepare"),
+    "evaluate-box-margin-too-large": lambda e, t: _c(["evaluate", e["run"], "--data", e["tiny"],
+                                                      "--box-margin", "0.9", "--out", t / "rep"], "0.9"),
+    "fit-box-jitter-bad-range": lambda e, t: _c(["fit", _tiny_cfg(t / "b.yaml", extra="data: {box_jitter: "
+                                                                  "{margin: [0.4, 0.1]}}\n"), "--out", t / "r"],
+                                                "box_jitter.margin"),
+})
+
+
 # --------------------------------------------------------------------------- the checks
 
 def _snapshot(*roots):
