@@ -7,16 +7,22 @@ computation (:func:`kerasseg.models.ensemble.ensemble_function`: resize to the m
 transforms, normalise, network + CRF of every member, mean, resize back, threshold, post-process),
 so ``predict`` on a run and on its export agree.
 
-For a whole image the ROI is given as a box ``x0,y0,x1,y1`` (x = column; x1, y1 exclusive) or as the
-bounding box of a hint mask; the image and the box then go through the whole-image graph
-(:func:`kerasseg.models.whole_image.boxes_function`, the export's ``serving_boxes``: crop, resize,
-network, resize back and paste, all in the graph; :meth:`Segmenter.predict_boxes`). Without either
-the whole image is taken as the ROI crop. Per input the
-outputs are ``<stem>_mask.png`` (0/255 at full resolution), ``<stem>_uncertainty.png`` (the std of the
-mass probability over members x TTA transforms, 8 bit: ``round(255 * std / 0.5)``, 0 outside the ROI),
-``<stem>_overlay.png`` and ``<stem>.json`` (box, area in px and mm^2 when the pixel spacing is known,
-perimeter from ``skimage.measure.perimeter``). An ``.npz`` dataset gives ``<stem>_predictions.npz``
-(ids, prob, pred, uncertainty) and ``<stem>.json`` per ROI.
+For a whole image the ROI is given as one or several boxes ``x0,y0,x1,y1`` (x = column; x1, y1
+exclusive) or as the bounding box of a hint mask; the image and the boxes then go through the
+whole-image graph (:func:`kerasseg.models.whole_image.boxes_function`, the export's ``serving_boxes``:
+crop, resize, network, resize back and paste, all in the graph; :meth:`Segmenter.predict_boxes`).
+Without either the whole image is taken as the ROI crop. Per input the outputs are
+``<stem>_mask.png`` (0/255 at full resolution; with several boxes the union of their masks),
+``<stem>_uncertainty.png`` (the std of the mass probability over members x TTA transforms, 8 bit:
+``round(255 * std / 0.5)``, 0 outside the ROIs), ``<stem>_overlay.png`` and ``<stem>.json`` (boxes,
+area in px and mm^2 when the pixel spacing is known, perimeter from ``skimage.measure.perimeter``, the
+same per box). With ``--dicom-seg`` a DICOM input also gets ``<stem>.seg.dcm`` (DICOM Segmentation of
+the full-size mask, BINARY, or FRACTIONAL probability with ``--probability``) and ``<stem>.sr.dcm``
+(TID 1500 SR, one mass per box), written by :mod:`kerasseg.export.dicom`. An ``.npz`` dataset gives
+``<stem>_predictions.npz`` (ids, prob, pred, uncertainty) and ``<stem>.json`` per ROI.
+
+``<stem>`` is the input's file stem, made unique within one run (:func:`kerasseg.export.outputs.unique_stems`:
+``a/scan.png``, ``b/scan.png`` -> ``scan``, ``scan-2``), so one input's results never replace another's.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ import numpy as np
 
 from kerasseg.data.imageio import read_image  # the one reader, shared with data prepare
 from kerasseg.errors import KerassegError
-from kerasseg.export.outputs import measure, overlay, uncertainty_to_uint8, write_png
-from kerasseg.export.roi_input import box_from_hint, check_box, parse_roi, serving_boxes
+from kerasseg.export.outputs import measure, overlay, uncertainty_to_uint8, unique_stems, write_png
+from kerasseg.export.roi_input import as_boxes, box_from_hint, check_box, serving_boxes
 from kerasseg.fileio import output_dir, write_json, write_npz
 
 
@@ -65,12 +71,81 @@ class Segmenter:
             # exports written before the whole-image signature: boxes are cropped here instead
             self._boxes_fn = self._loaded.signatures.get("serving_boxes")
             self.kind = "export"
+            self._export = Path(export)
         else:
             src = load_ensemble(source)
             self._module = build_serving_module(src, tta=tta)
             self._fn = self._module.serve
             self._boxes_fn = self._module.serve_boxes
             self.kind = "keras"
+            self._export = None
+            self._config_name = (src.config or {}).get("name")
+            self._n_members = len(src.members)
+            if src.folds_dir is not None:
+                self._model_files = [Path(src.folds_dir) / f"fold-{k}" / "model.keras"
+                                     for k in range(1, len(src.members) + 1)]
+            elif src.run_dir is not None:
+                self._model_files = [Path(src.run_dir) / "model.keras"]
+            elif isinstance(source, (str, Path)) and Path(source).is_file():
+                self._model_files = [Path(source)]
+            else:  # an in-memory keras.Model: no file to identify it by
+                self._model_files = []
+
+    def _model_card(self) -> dict:
+        """An export's ``assets/model_card.json`` ({} when missing or unreadable)."""
+        import json
+
+        try:
+            card = json.loads((self._export / "assets" / "model_card.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return card if isinstance(card, dict) else {}
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """True when the ``uncertainty`` output means something: an ensemble or TTA (more than one
+        prediction per pixel) and, for an export, a graph that has that output."""
+        if self._export is None:
+            return self._n_members > 1 or self.tta != "none"
+        if "uncertainty" not in (self._fn.structured_outputs or {}):
+            return False
+        ensemble = self._model_card().get("ensemble") or {}
+        members = ensemble.get("members") or [None]
+        return len(members) > 1 or ensemble.get("tta", "none") != "none"
+
+    def algorithm(self) -> dict:
+        """The Algorithm Identification of the DICOM outputs (:mod:`kerasseg.export.dicom`).
+
+        ``{"name": "kerasseg", "version": kerasseg's version, "config": the config name (None when
+        unknown), and the model's fingerprint}``: ``model_card_sha256`` for an export (SHA-256 of its
+        ``assets/model_card.json``; ``saved_model_sha256`` of ``saved_model.pb`` when it has no card),
+        ``model_sha256`` for a run dir / ``.keras`` file (SHA-256 of the ``model.keras`` file; for a
+        folds dir of ``fold-1/model.keras``, ``fold-2/model.keras``, ... read one after the other);
+        ``tta`` when a run / folds dir is predicted with TTA (an export's TTA is in its model card).
+        Cached after the first call.
+        """
+        cached = getattr(self, "_algorithm", None)
+        if cached is not None:
+            return dict(cached)
+        from kerasseg import __version__
+
+        alg = {"name": "kerasseg", "version": __version__, "config": None}
+        if self._export is not None:
+            config = self._model_card().get("config")
+            alg["config"] = config.get("name") if isinstance(config, dict) else None
+            card = self._export / "assets" / "model_card.json"
+            if card.is_file():
+                alg["model_card_sha256"] = _sha256([card])
+            else:
+                alg["saved_model_sha256"] = _sha256([self._export / "saved_model.pb"])
+        else:
+            alg["config"] = self._config_name
+            if self._model_files:
+                alg["model_sha256"] = _sha256(self._model_files)
+            if self.tta != "none":
+                alg["tta"] = self.tta
+        self._algorithm = alg
+        return dict(alg)
 
     def __call__(self, images):
         """Segment ROI crops ``images`` float (B, h, w) or (B, h, w, 1); returns (prob float32, mask uint8)."""
@@ -187,6 +262,21 @@ class Segmenter:
         return out
 
 
+def _sha256(paths) -> str | None:
+    """Hex SHA-256 of the files ``paths`` read one after the other (None when one cannot be read)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        for path in paths:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def _graph_error(exc) -> str:
     """The one-line text of a graph's InvalidArgumentError (its assertion message, brackets dropped)."""
     msg = str(getattr(exc, "message", exc))
@@ -201,74 +291,161 @@ def _graph_error(exc) -> str:
 # Images are read by kerasseg.data.imageio.read_image (imported above), the reader data prepare uses.
 
 
-def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None) -> dict:
-    """Segment one DICOM/PNG/TIFF image; writes mask, overlay and JSON into ``out_dir``; returns the JSON dict."""
+def _check_outputs(paths, protect, path) -> None:
+    """Refuse (one line naming the input) to write an output onto an input file of the same run
+    (``protect``: resolved paths), which a later input would then read as the wrong file."""
+    for out in paths:
+        if Path(out).resolve() in protect:
+            raise KerassegError(f"its output {out} would replace an input file of this run; give another --out",
+                                path)
+
+
+def _check_flags(roi, mask_hint, dicom_seg: bool, probability: bool) -> None:
+    if roi is not None and mask_hint is not None:
+        raise KerassegError("give either --roi or --mask-hint, not both")
+    if dicom_seg and roi is None and mask_hint is None:
+        raise KerassegError("--dicom-seg needs --roi or --mask-hint: the SEG and SR report the masses of the boxes")
+    if probability and not dicom_seg:
+        raise KerassegError("--probability applies with --dicom-seg (it makes the SEG a FRACTIONAL probability map)")
+
+
+def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None, *, stem=None, dicom_seg=False,
+                  probability=False, protect=()) -> dict:
+    """Segment one DICOM/PNG/TIFF image; writes mask, uncertainty, overlay and JSON into ``out_dir`` (and
+    with ``dicom_seg`` a DICOM SEG and SR); returns the JSON dict.
+
+    Args:
+        segmenter: a :class:`Segmenter`.
+        roi: None, one box ``(x0, y0, x1, y1)`` / ``"x0,y0,x1,y1"``, or a list of boxes (all through one
+            ``serving_boxes`` call; the mask is their union).
+        mask_hint: a hint mask (file or array): its non-zero bounding box is the ROI.
+        stem: the name of the outputs (default: the input's file stem; :func:`predict_inputs` makes it
+            unique within a run, :func:`kerasseg.export.outputs.unique_stems`).
+        dicom_seg: also write ``<stem>.seg.dcm`` (DICOM Segmentation of the full-size mask) and
+            ``<stem>.sr.dcm`` (TID 1500 SR: one mass per box) for a DICOM input with boxes.
+        probability: the SEG is FRACTIONAL (the full-size probability) instead of BINARY.
+        protect: resolved paths no output may replace (the run's inputs).
+    """
     path = Path(path)
     out_dir = Path(out_dir)
+    _check_flags(roi, mask_hint, dicom_seg, probability)
     image = read_image(path)
+    if dicom_seg and image.meta.get("format") != "dicom":
+        raise KerassegError("--dicom-seg needs a DICOM input: this image has no patient, study or source image "
+                            "for a SEG/SR to reference", path)
     h, w = image.pixels.shape
     if h == 0 or w == 0:
         raise KerassegError("image is empty", path)
-    if roi is not None and mask_hint is not None:
-        raise KerassegError("give either --roi or --mask-hint, not both")
     if roi is not None:
-        box = check_box(roi, (h, w), path)
+        boxes = [check_box(b, (h, w), path) for b in as_boxes(roi)]
     elif mask_hint is not None:
         hint = read_image(mask_hint).pixels if not isinstance(mask_hint, np.ndarray) else np.asarray(mask_hint)
-        box = check_box(box_from_hint(hint, (h, w), mask_hint if not isinstance(mask_hint, np.ndarray) else path),
-                        (h, w), path)
+        boxes = [check_box(box_from_hint(hint, (h, w), mask_hint if not isinstance(mask_hint, np.ndarray) else path),
+                           (h, w), path)]
     else:
-        box = None
-    full_unc = np.zeros((h, w), np.uint8)
-    if box is None:  # the whole image is the ROI crop
-        x0, y0, x1, y1 = 0, 0, w, h
+        boxes = None
+    stem = path.stem if stem is None else str(stem)
+    paths = {"mask": out_dir / f"{stem}_mask.png", "uncertainty": out_dir / f"{stem}_uncertainty.png",
+             "overlay": out_dir / f"{stem}_overlay.png", "json": out_dir / f"{stem}.json"}
+    if dicom_seg:
+        paths.update(seg=out_dir / f"{stem}.seg.dcm", sr=out_dir / f"{stem}.sr.dcm")
+    _check_outputs(paths.values(), protect, path)
+    if boxes is None:  # the whole image is the ROI crop
+        boxes_used = [(0, 0, w, h)]
         out = segmenter.predict(image.pixels[np.newaxis])
-        prob, unc = out["probability"][0], out["uncertainty"][0]
+        probs, uncs = [out["probability"][0]], [out["uncertainty"][0]]
         full = out["mask"][0].astype(np.uint8)
-    else:  # the whole image and the box through the whole-image graph (serving_boxes)
-        x0, y0, x1, y1 = box
-        out = segmenter.predict_boxes(image.pixels, serving_boxes([box]), path)
-        prob = out["probability"][0, :y1 - y0, :x1 - x0]
-        unc = out["uncertainty"][0, :y1 - y0, :x1 - x0]
+        full_prob = out["probability"][0]
+    else:  # the whole image and the boxes through the whole-image graph (serving_boxes)
+        boxes_used = boxes
+        out = segmenter.predict_boxes(image.pixels, serving_boxes(boxes), path)
+        probs = [out["probability"][i, :y1 - y0, :x1 - x0] for i, (x0, y0, x1, y1) in enumerate(boxes)]
+        uncs = [out["uncertainty"][i, :y1 - y0, :x1 - x0] for i, (x0, y0, x1, y1) in enumerate(boxes)]
         full = out["image_mask"].astype(np.uint8)
-    full_unc[y0:y1, x0:x1] = uncertainty_to_uint8(unc)
+        full_prob = out["image_probability"]
+    full_unc = np.zeros((h, w), np.uint8)
+    for (x0, y0, x1, y1), unc in zip(boxes_used, uncs):
+        np.maximum(full_unc[y0:y1, x0:x1], uncertainty_to_uint8(unc), out=full_unc[y0:y1, x0:x1])
     output_dir(out_dir)
-    stem = path.stem
-    mask_path = out_dir / f"{stem}_mask.png"
-    unc_path = out_dir / f"{stem}_uncertainty.png"
-    overlay_path = out_dir / f"{stem}_overlay.png"
-    write_png(mask_path, full * np.uint8(255))
-    write_png(unc_path, full_unc)
-    write_png(overlay_path, overlay(image.pixels, full, (x0, y0, x1, y1)))
+    write_png(paths["mask"], full * np.uint8(255))
+    write_png(paths["uncertainty"], full_unc)
+    write_png(paths["overlay"], overlay(image.pixels, full, boxes_used))
+    b = np.asarray(boxes_used)
     info = {
         "input": str(path),
         "image_size": [int(w), int(h)],
-        "box": [int(x0), int(y0), int(x1), int(y1)],
+        # the box; with several boxes the box spanning them all (each one is in "boxes")
+        "box": [int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max())],
+        "boxes": [[int(v) for v in box] for box in boxes_used],
         "pixel_spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
         **measure(full, image.spacing_mm),
-        "max_probability": float(prob.max()),
-        "mean_uncertainty": float(unc.mean()),
-        "mask": str(mask_path),
-        "uncertainty": str(unc_path),
-        "overlay": str(overlay_path),
+        "max_probability": float(max(p.max() for p in probs)),
+        "mean_uncertainty": float(np.concatenate([u.ravel() for u in uncs]).mean()),
+        "per_box": [{"box": [int(v) for v in (x0, y0, x1, y1)], **measure(full[y0:y1, x0:x1], image.spacing_mm),
+                     "max_probability": float(p.max()), "mean_uncertainty": float(u.mean())}
+                    for (x0, y0, x1, y1), p, u in zip(boxes_used, probs, uncs)],
+        "mask": str(paths["mask"]),
+        "uncertainty": str(paths["uncertainty"]),
+        "overlay": str(paths["overlay"]),
     }
-    write_json(out_dir / f"{stem}.json", info)
+    if dicom_seg:
+        info.update(_write_dicom(segmenter, path, full, full_prob if probability else None, boxes, uncs,
+                                 paths["seg"], paths["sr"]))
+    write_json(paths["json"], info)
     return info
 
 
-def predict_npz(segmenter, path, out_dir) -> dict:
+def _write_dicom(segmenter, path, mask, probability, boxes, uncertainties, seg_path, sr_path) -> dict:
+    """The SEG and SR of one DICOM input (:mod:`kerasseg.export.dicom`); returns their JSON entries.
+
+    ``mask`` (and ``probability``) are full size in the source's stored pixel grid: ``read_image``
+    never moves pixels (MONOCHROME1 only inverts values; right breasts are not mirrored), and the boxes
+    are pasted where they were cut. One mass per box: :func:`~kerasseg.export.dicom.measure_masses` of
+    the mask inside the box, and, when the model has an uncertainty (ensemble or TTA), the mean of the
+    box's own uncertainty map over those mask pixels.
+    """
+    from kerasseg.export.dicom import measure_masses, source_spacing, write_seg, write_sr
+
+    algorithm = segmenter.algorithm()
+    prob = None if probability is None else np.clip(np.asarray(probability, np.float32), 0.0, 1.0)
+    seg = write_seg(path, mask, seg_path, probability=prob, algorithm=algorithm)
+    spacing, _ = source_spacing(path)
+    masses = measure_masses(mask, spacing, boxes=boxes)
+    if segmenter.has_uncertainty:
+        for m, (x0, y0, x1, y1), unc in zip(masses, boxes, uncertainties):
+            sel = mask[y0:y1, x0:x1].astype(bool)
+            m["mean_uncertainty"] = float(unc[sel].mean()) if sel.any() else None
+    sr = write_sr(path, seg.dataset, masses, sr_path, algorithm=algorithm)
+    return {"seg": str(seg.path), "seg_type": str(seg.dataset.SegmentationType),
+            "sr": None if sr.path is None else str(sr.path),
+            "masses": [_as_lists(m) for m in masses], "algorithm": algorithm,
+            "notes": [n for n in (seg.note, sr.note) if n]}
+
+
+def _as_lists(value):
+    """Tuples as lists, recursively: the returned dict equals the JSON written."""
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value
+
+
+def predict_npz(segmenter, path, out_dir, *, stem=None, protect=()) -> dict:
     """Segment every ROI of a ``.npz`` dataset; writes ``<stem>_predictions.npz`` and ``<stem>.json``."""
     from kerasseg.data.dataset import load_npz
 
     path = Path(path)
     out_dir = Path(out_dir)
+    stem = path.stem if stem is None else str(stem)
+    pred_path, json_path = out_dir / f"{stem}_predictions.npz", out_dir / f"{stem}.json"
+    _check_outputs((pred_path, json_path), protect, path)
     ds = load_npz(path)
     if len(ds.images) == 0:
         raise KerassegError("dataset holds no ROI", path)
     out = segmenter.predict(ds.images)
     prob, pred, unc = out["probability"], out["mask"], out["uncertainty"]
     output_dir(out_dir)
-    pred_path = out_dir / f"{path.stem}_predictions.npz"
 
     write_npz(pred_path, ids=ds.ids, prob=prob, pred=pred, uncertainty=unc, data_hash=np.array(ds.data_hash()))
     rois = []
@@ -279,35 +456,53 @@ def predict_npz(segmenter, path, out_dir) -> dict:
             entry["box"] = [int(v) for v in ds.boxes[i]]
         rois.append(entry)
     info = {"input": str(path), "n": int(len(ds.ids)), "predictions": str(pred_path), "rois": rois}
-    write_json(out_dir / f"{path.stem}.json", info)
+    write_json(json_path, info)
     return info
 
 
 def predict_inputs(source, inputs, out_dir, roi=None, mask_hint=None, on_result=None, progress=False,
-                   tta: str = "none"):
+                   tta: str = "none", *, dicom_seg: bool = False, probability: bool = False):
     """Run :func:`predict_image` / :func:`predict_npz` over ``inputs``; one bad input does not stop the others.
+
+    ``roi``: None, one box ``(x0, y0, x1, y1)`` or ``"x0,y0,x1,y1"``, or a list of boxes (applied to
+    every image). ``dicom_seg`` / ``probability``: see :func:`predict_image` (``dicom_seg`` needs ``roi``
+    or ``mask_hint``; a non-DICOM input is then an error for that input).
+
+    Output names: each input's outputs are named after its stem, made unique within the run by
+    :func:`kerasseg.export.outputs.unique_stems` (``a/scan.png``, ``b/scan.png`` -> ``scan``, ``scan-2``),
+    so no input's results replace another's; an output that would replace one of the run's input files
+    is an error for that input. Files of an earlier run with the same names are replaced.
 
     Returns ``(results, failures)``: results maps input -> JSON dict, failures maps input -> message.
     ``on_result(path, info_or_None, error_or_None)`` is called after each input.
     """
+    roi = as_boxes(roi)
+    _check_flags(roi, mask_hint, dicom_seg, probability)
     output_dir(out_dir, create=False)  # before loading the model
     segmenter = source if isinstance(source, Segmenter) else Segmenter(source, tta=tta)
-    if isinstance(roi, str):
-        roi = parse_roi(roi)
-    results, failures = {}, {}
     items = list(inputs)
+    stems = unique_stems(items)
+    protect = {Path(p).resolve() for p in items}
+    if mask_hint is not None and not isinstance(mask_hint, np.ndarray):
+        protect.add(Path(mask_hint).resolve())
+    results, failures = {}, {}
+    pairs = list(zip(items, stems))
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(items, desc="predict", unit="input")
-    for inp in items:
+        pairs = tqdm(pairs, desc="predict", unit="input")
+    for inp, stem in pairs:
         try:
             if Path(inp).suffix.lower() == ".npz":
+                if dicom_seg:
+                    raise KerassegError("--dicom-seg needs a DICOM input: an .npz dataset holds ROI crops, no "
+                                        "patient, study or source image", inp)
                 if roi is not None or mask_hint is not None:
                     raise KerassegError("--roi/--mask-hint do not apply to .npz datasets (they hold ROI crops)", inp)
-                info = predict_npz(segmenter, inp, out_dir)
+                info = predict_npz(segmenter, inp, out_dir, stem=stem, protect=protect)
             else:
-                info = predict_image(segmenter, inp, out_dir, roi=roi, mask_hint=mask_hint)
+                info = predict_image(segmenter, inp, out_dir, roi=roi, mask_hint=mask_hint, stem=stem,
+                                     dicom_seg=dicom_seg, probability=probability, protect=protect)
         except KerassegError as exc:
             msg = str(exc)
             if str(inp) not in msg:

@@ -5,6 +5,8 @@ box of a hint mask, checked against the image (one-line errors naming the input)
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from kerasseg.errors import KerassegError
@@ -20,6 +22,34 @@ def parse_roi(text: str) -> tuple[int, int, int, int]:
     if len(box) != 4:
         raise KerassegError(f"--roi must be four integers x0,y0,x1,y1, got {text!r}")
     return box
+
+
+def as_boxes(roi) -> list[tuple[int, int, int, int]] | None:
+    """``roi`` as a list of ``(x0, y0, x1, y1)`` boxes: None stays None; a ``"x0,y0,x1,y1"`` string or
+    one box of four numbers gives one box; a list of strings / boxes (``--roi`` repeated) gives several.
+    KerassegError for anything else (the boxes are checked against each image later)."""
+    if roi is None:
+        return None
+    if isinstance(roi, str):
+        return [parse_roi(roi)]
+    def number(v):
+        return isinstance(v, (numbers.Real, np.number)) and not isinstance(v, (bool, np.bool_))
+
+    items = list(roi)
+    if len(items) == 4 and all(number(v) for v in items):
+        return [tuple(int(v) for v in items)]
+    boxes = []
+    for item in items:
+        if isinstance(item, str):
+            boxes.append(parse_roi(item))
+            continue
+        values = list(item) if isinstance(item, (list, tuple)) else list(np.asarray(item).reshape(-1))
+        if len(values) != 4 or not all(number(v) for v in values):
+            raise KerassegError(f"--roi must be boxes of four integers x0,y0,x1,y1, got {item!r}")
+        boxes.append(tuple(int(v) for v in values))
+    if not boxes:
+        raise KerassegError("--roi holds no box")
+    return boxes
 
 
 def check_box(box, shape, path=None, min_side: int = 1) -> tuple[int, int, int, int]:
