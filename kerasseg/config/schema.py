@@ -5,6 +5,7 @@ The choices come from the registries that define them, so there is one list of e
 - ``model.arch`` and the options each architecture takes (with their defaults):
   :data:`kerasseg.models.registry.ARCH_OPTIONS`; an option that does not apply to the chosen
   architecture (``dropout`` for ``fcn``, ``fcn_variant`` for ``unet``, ...) is an error;
+- ``train.optimizer``: :data:`kerasseg.models.registry.OPTIMIZERS` (``OPTIMIZERS`` here: its names);
 - ``data.enhancement`` / ``data.normalization``: :mod:`kerasseg.layers.preprocessing`;
 - ``crf``: the constructor arguments of the CRF layer class (and its ``MODES``), checked by building
   the layer (:func:`kerasseg.models.crf_head.crf_layer`).
@@ -61,7 +62,6 @@ BASE_DEFAULTS: dict = {
     },
 }
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
 #: Keys of a ``crf`` section that kerasseg itself knows; the others are CRFRNN arguments.
 CRF_KEYS = ("iterations_train", "iterations_test")
 SECTIONS = ("model", "loss", "train", "data")
@@ -77,6 +77,20 @@ def arch_options() -> dict:
     from kerasseg.models.registry import ARCH_OPTIONS
 
     return {arch: {k: _plain(v) for k, v in opts.items()} for arch, opts in ARCH_OPTIONS.items()}
+
+
+def optimizers() -> tuple:
+    """The ``train.optimizer`` names: :data:`kerasseg.models.registry.OPTIMIZERS`."""
+    from kerasseg.models.registry import OPTIMIZERS
+
+    return tuple(OPTIMIZERS)
+
+
+def __getattr__(name):
+    # OPTIMIZERS: the registry's names, read on use (importing this module loads no TensorFlow)
+    if name == "OPTIMIZERS":
+        return optimizers()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def archs() -> tuple:
@@ -111,7 +125,7 @@ def choices() -> dict:
 
     return {
         ("model", "arch"): archs(),
-        ("train", "optimizer"): OPTIMIZERS,
+        ("train", "optimizer"): optimizers(),
         ("data", "normalization"): tuple(NORMALIZATIONS),
         ("data", "enhancement"): tuple(ENHANCEMENTS),
         ("crf", "mode"): crf_modes(),

@@ -17,6 +17,10 @@ RNG and callback state come from the checkpoint unit and each epoch's shuffle de
 (seed, epoch). A run whose final unit exists (killed before run.json) only writes its results.
 Ctrl-C stops after the current batch, keeps the backup and writes ``run.json`` with
 ``status: interrupted``. A fresh run folder is built aside and appears only when training starts.
+
+:func:`fit` resolves the config and data and locks the run folder; :class:`Trainer` then runs the
+stages of one run (seeds, inputs, model, run folder, callbacks, training, results), each a method a
+subclass may override. The networks and optimizers come from :mod:`kerasseg.models.registry`.
 """
 
 from __future__ import annotations
@@ -60,35 +64,18 @@ class RunResult:
         return text + f", run dir {self.run_dir}"
 
 
-def _arch_kwargs(cfg: dict) -> dict:
-    m = cfg["model"]
-    if m["arch"] in ("unet", "resunet"):
-        return {"kernel_size": m["kernel_size"], "filters": tuple(m["filters"]), "dropout": m["dropout"]}
-    if m["arch"] == "fcn":
-        return {"fcn_variant": m["fcn_variant"]}
-    return {}
-
-
-def _optimizer(cfg: dict):
-    import keras
-
-    t = cfg["train"]
-    cls = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-           "rmsprop": keras.optimizers.RMSprop}[t["optimizer"]]
-    return cls(learning_rate=t["learning_rate"])
-
-
 def build_training_model(cfg: dict, input_size: int, prior=None):
-    """The compiled :class:`SegmentationModel` for a resolved config (call inside a strategy scope)."""
-    from kerasseg.models import build_model
+    """The compiled :class:`SegmentationModel` for a resolved config (call inside a strategy scope):
+    the network and the optimizer come from the registries of :mod:`kerasseg.models.registry`."""
+    from kerasseg.models import arch_kwargs, build_model, build_optimizer
     from kerasseg.training.segmentation_model import SegmentationModel
 
-    net = build_model(cfg["model"]["arch"], input_size=input_size, crf=cfg["crf"],
-                      prior=prior if cfg["model"]["position_prior"] else None, **_arch_kwargs(cfg))
+    m, t = cfg["model"], cfg["train"]
+    net = build_model(m["arch"], input_size=input_size, crf=cfg["crf"],
+                      prior=prior if m["position_prior"] else None, **arch_kwargs(m))
     model = SegmentationModel(net, lam=cfg["loss"]["lambda"], l2=cfg["loss"]["l2"],
-                              adversarial=cfg["train"]["adversarial"],
-                              epsilon=cfg["train"]["epsilon"])
-    model.compile(optimizer=_optimizer(cfg))
+                              adversarial=t["adversarial"], epsilon=t["epsilon"])
+    model.compile(optimizer=build_optimizer(t["optimizer"], t["learning_rate"]))
     model(np.zeros((1, input_size, input_size, 1), np.float32))  # build (a checkpoint restore needs it)
     # the optimizer's slots exist before the first step: created inside the traced train step they
     # make tf.function trace that step twice (several seconds for the CRF rows)
@@ -157,113 +144,195 @@ def fit(config="crunet-l067", data=None, out_dir=None, epochs=None, seed=None, d
         if chief:  # one command per run folder (workers write only their own .worker-N folders)
             output_dir(out.parent, "folder of the run folder")
             stack.enter_context(folder_lock(out, "run folder"))
-        return _fit_locked(strategy, ds, cfg, key, counts, data, out, t0, verbose)
+        return Trainer(strategy, ds, cfg, key, counts, data, out, t0, verbose).run()
 
 
-def _fit_locked(strategy, ds, cfg, key, counts, data, out, t0, verbose) -> RunResult:
-    """:func:`fit` once the run folder is locked."""
-    import keras
-    import tensorflow as tf
+class Trainer:
+    """One training run into a locked run folder, as stages a subclass may override.
 
-    from kerasseg.config import save_config
-    from kerasseg.errors import Interrupted, signal_number, stop_on_signals
-    from kerasseg.fileio import fault_point, output_dir, staged_dir
-    from kerasseg.models.segmenter import build_segmenter
-    from kerasseg.training.callbacks import (BestModel, Checkpoint, HistoryCSV, ScalarLogger,
-                                             StopOnNonFinite, StopOnSignal, atomic_write_text)
-    from kerasseg.training.checkpoint import remove_checkpoints, restore_model_arrays
+    :meth:`run` calls them in this order (the order is part of the contract: the seeds are set
+    before anything draws random numbers, and the run folder appears only once the model is built):
 
-    seed = cfg["train"]["seed"]
-    replicas = strategy.num_replicas_in_sync
-    fresh_dir = not out.exists()
-    run_json = out / "run.json"
-    backup = out / "backup"
-    unit, resuming = _open_run(out, cfg, ds)
+    1. :meth:`open_run`: the resume state (latest checkpoint unit, resuming, a new folder?)
+    2. :meth:`set_seeds`: the seeds; TF op determinism unless ``train.jit_compile``
+    3. :meth:`build_inputs`: the preprocessing fitted on TRAIN, the prior, the tf.data pipelines
+    4. :meth:`build_model`: the compiled model (restored from the unit) and the segmenter
+    5. :meth:`set_jit`: XLA when ``train.jit_compile``
+    6. :meth:`prepare_run_folder`: config.yaml and run.json ``running`` (a new folder is staged)
+    7. :meth:`callbacks` and :meth:`run_meta` (what run.json records)
+    8. :meth:`train`, unless :meth:`training_complete`: ``model.fit`` under deferred SIGINT/SIGTERM
+    9. :meth:`write_results`: scores, run.json ``finished``, the checkpoints removed
+    """
 
-    keras.utils.set_random_seed(seed)
-    jit = cfg["train"]["jit_compile"]
-    if not jit:  # Keras disables XLA under op determinism: one or the other
-        tf.config.experimental.enable_op_determinism()
+    def __init__(self, strategy, ds, cfg: dict, key, counts: dict, data, out: Path, t0: float,
+                 verbose="auto"):
+        self.strategy, self.ds, self.cfg, self.key, self.counts = strategy, ds, cfg, key, counts
+        self.data, self.out, self.t0, self.verbose = data, Path(out), t0, verbose
+        self.seed = cfg["train"]["seed"]
+        self.jit = cfg["train"]["jit_compile"]
+        self.total = cfg["train"]["epochs"]
+        self.replicas = strategy.num_replicas_in_sync
 
-    start = unit.epoch if unit else 0
-    pre, prior, bs, train_ds, steps, val_ds = _inputs(cfg, ds, seed, replicas, start)
+    def run(self) -> RunResult:
+        """Every stage in order; the :class:`RunResult` of the finished run."""
+        from kerasseg.fileio import fault_point
 
-    with strategy.scope():
-        model = build_training_model(cfg, ds.size, prior)
-        if unit:
-            restore_model_arrays(model, unit.arrays, unit.path)
-    segmenter = build_segmenter(model.net, pre, name=cfg["name"])  # shares the network's weights
-    if jit:
+        self.open_run()
+        self.set_seeds()
+        self.build_inputs()
+        self.build_model()
+        self.set_jit()
+        self.prepare_run_folder()
+        callbacks = self.callbacks()
+        meta = self.run_meta()
+        if not self.training_complete():
+            self.train(callbacks, meta)
+        fault_point("fit.after_last_epoch")
+        return self.write_results(meta)
+
+    def open_run(self) -> None:
+        """``unit`` (latest checkpoint unit or None), ``resuming``, ``fresh_dir``, ``start`` epoch."""
+        self.fresh_dir = not self.out.exists()
+        self.unit, self.resuming = _open_run(self.out, self.cfg, self.ds)
+        self.start = self.unit.epoch if self.unit else 0
+
+    def set_seeds(self) -> None:
+        """Python, NumPy and TF seeds; op determinism (Keras refuses XLA with it: one or the other)."""
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(self.seed)
+        if not self.jit:
+            tf.config.experimental.enable_op_determinism()
+
+    def build_inputs(self) -> None:
+        """``pre``, ``prior``, ``batch_size``, ``train_ds`` (from epoch ``start``), ``steps``, ``val_ds``."""
+        (self.pre, self.prior, self.batch_size, self.train_ds, self.steps,
+         self.val_ds) = _inputs(self.cfg, self.ds, self.seed, self.replicas, self.start)
+
+    def build_model(self) -> None:
+        """``model`` (compiled, in the strategy's scope, restored from the unit) and ``segmenter``
+        (the preprocessing in front of the network, sharing its weights: what is saved)."""
+        from kerasseg.models.segmenter import build_segmenter
+        from kerasseg.training.checkpoint import restore_model_arrays
+
+        with self.strategy.scope():
+            self.model = build_training_model(self.cfg, self.ds.size, self.prior)
+            if self.unit:
+                restore_model_arrays(self.model, self.unit.arrays, self.unit.path)
+        self.segmenter = build_segmenter(self.model.net, self.pre, name=self.cfg["name"])
+
+    def set_jit(self) -> None:
+        """XLA-compile the train/test steps when the config asks (a warning when it cannot)."""
+        if not self.jit:
+            return
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.jit_compile = True
-        if not model.jit_compile:
+            self.model.jit_compile = True
+        if not self.model.jit_compile:
             warn("train.jit_compile: XLA is off for this run (op determinism was already "
                  "enabled in this process by an earlier run, or a layer does not support XLA)")
 
-    running = {"status": "running", "config": cfg["name"], "data": recorded_path(data),
-               "data_hash": ds.data_hash()}   # what a resume is checked against
-    if fresh_dir and not os.environ.get("TF_CONFIG"):  # (workers share the parent: no staging)
-        # a run folder appears only once everything above has worked
-        with staged_dir(out, what="run folder") as tmp:
-            save_config(cfg, tmp / "config.yaml")
-            atomic_write_text(tmp / "run.json", json.dumps(running))
-    else:
-        output_dir(out, "run folder")
-        save_config(cfg, out / "config.yaml")
-        if not resuming or not run_json.is_file():
-            atomic_write_text(run_json, json.dumps(running))
+    def prepare_run_folder(self) -> None:
+        """config.yaml and a run.json saying ``running`` (what a resume is checked against); a new
+        run folder is built aside and appears only now that everything before has worked."""
+        from kerasseg.config import save_config
+        from kerasseg.fileio import output_dir, staged_dir
+        from kerasseg.training.callbacks import atomic_write_text
 
-    history = HistoryCSV(out / "history.csv")
-    best = BestModel(segmenter, out / "model.keras", out / "best_state.json",
-                     monitor="val_dice", patience=cfg["train"]["patience"])
-    if unit:
-        states = unit.meta.get("callbacks", {})
-        history.set_state(states.get("history", {}), unit.epoch)
-        best.set_state(states.get("best", {}), unit.epoch)
-    total = cfg["train"]["epochs"]
-    callbacks = [
-        StopOnNonFinite(),
-        history,
-        best,
-        ScalarLogger(out / "tb"),
-        Checkpoint(backup, total, {"history": history, "best": best},
-                   {"seed": seed, "data_hash": ds.data_hash(), "config": cfg["name"]}),
-    ]
-    meta = {"config": cfg["name"], "dataset": key, "data": recorded_path(data),
-            "data_hash": ds.data_hash(), "counts": counts, "seed": seed,
-            "replicas": replicas, "global_batch_size": bs, "strategy": _strategy_name(strategy),
-            "versions": _versions(), "resumed": resuming, "jit_compile": bool(model.jit_compile),
-            "op_determinism": not jit}
-    if not (unit and (unit.final or unit.epoch >= total) and (out / "model.keras").is_file()):
-        # (else training is complete, killed before run.json: only the results are left to write)
+        out, cfg = self.out, self.cfg
+        running = {"status": "running", "config": cfg["name"], "data": recorded_path(self.data),
+                   "data_hash": self.ds.data_hash()}
+        if self.fresh_dir and not os.environ.get("TF_CONFIG"):  # (workers share the parent: no staging)
+            with staged_dir(out, what="run folder") as tmp:
+                save_config(cfg, tmp / "config.yaml")
+                atomic_write_text(tmp / "run.json", json.dumps(running))
+        else:
+            output_dir(out, "run folder")
+            save_config(cfg, out / "config.yaml")
+            if not self.resuming or not (out / "run.json").is_file():
+                atomic_write_text(out / "run.json", json.dumps(running))
+
+    def callbacks(self) -> list:
+        """The Keras callbacks (``history`` and ``best`` kept: their state is checkpointed)."""
+        from kerasseg.training.callbacks import (BestModel, Checkpoint, HistoryCSV, ScalarLogger,
+                                                 StopOnNonFinite)
+
+        out, unit = self.out, self.unit
+        self.history = HistoryCSV(out / "history.csv")
+        self.best = BestModel(self.segmenter, out / "model.keras", out / "best_state.json",
+                              monitor="val_dice", patience=self.cfg["train"]["patience"])
+        if unit:
+            states = unit.meta.get("callbacks", {})
+            self.history.set_state(states.get("history", {}), unit.epoch)
+            self.best.set_state(states.get("best", {}), unit.epoch)
+        return [
+            StopOnNonFinite(),
+            self.history,
+            self.best,
+            ScalarLogger(out / "tb"),
+            Checkpoint(out / "backup", self.total, {"history": self.history, "best": self.best},
+                       {"seed": self.seed, "data_hash": self.ds.data_hash(), "config": self.cfg["name"]}),
+        ]
+
+    def run_meta(self) -> dict:
+        """What run.json records about the run (the results are added by :meth:`write_results`)."""
+        return {"config": self.cfg["name"], "dataset": self.key, "data": recorded_path(self.data),
+                "data_hash": self.ds.data_hash(), "counts": self.counts, "seed": self.seed,
+                "replicas": self.replicas, "global_batch_size": self.batch_size,
+                "strategy": _strategy_name(self.strategy), "versions": _versions(),
+                "resumed": self.resuming, "jit_compile": bool(self.model.jit_compile),
+                "op_determinism": not self.jit}
+
+    def training_complete(self) -> bool:
+        """The final unit exists with model.keras (killed before run.json): only results are left."""
+        unit = self.unit
+        return bool(unit and (unit.final or unit.epoch >= self.total)
+                    and (self.out / "model.keras").is_file())
+
+    def train(self, callbacks: list, meta: dict) -> None:
+        """``model.fit`` from epoch ``start``. Ctrl-C / SIGTERM stop it after the current batch, the
+        last checkpoint unit complete: run.json says ``interrupted`` and :class:`Interrupted` is raised."""
+        from kerasseg.errors import stop_on_signals
+        from kerasseg.training.callbacks import StopOnSignal
+
         try:
-            # Ctrl-C / SIGTERM: stop after the current batch, the last checkpoint unit complete
             with stop_on_signals(deferred=True) as handlers:
-                model.fit(train_ds, validation_data=val_ds, epochs=total, initial_epoch=start,
-                          steps_per_epoch=steps, callbacks=[*callbacks, StopOnSignal(handlers)],
-                          verbose=verbose, shuffle=False)  # the tf.data pipeline orders each epoch
+                self.model.fit(self.train_ds, validation_data=self.val_ds, epochs=self.total,
+                               initial_epoch=self.start, steps_per_epoch=self.steps,
+                               callbacks=[*callbacks, StopOnSignal(handlers)], verbose=self.verbose,
+                               shuffle=False)  # the tf.data pipeline orders each epoch
         except KeyboardInterrupt as exc:
-            import signal
+            raise self.interrupted(exc, meta) from None
 
-            signum = signal_number(exc)
-            from kerasseg.training.callbacks import read_history
+    def interrupted(self, exc: KeyboardInterrupt, meta: dict) -> Exception:
+        """Record the interruption in run.json (the backup stays: resumable); the error to raise."""
+        import signal
 
-            done = len(read_history(out / "history.csv"))
-            meta.update({"status": "interrupted", "signal": signal.Signals(signum).name,
-                         "best_epoch": best.best_epoch, "epochs_run": done})
-            atomic_write_text(run_json, json.dumps(meta, indent=2))  # the backup stays: resumable
-            raise Interrupted(f"{out}: training interrupted by {signal.Signals(signum).name}; the state "
-                              "after the last completed epoch is kept: run the same command to resume",
-                              signum) from None
-    fault_point("fit.after_last_epoch")
-    result = _results(out, segmenter, ds, "finished", best.best_epoch, t0)
-    meta.update(asdict(result))
-    atomic_write_text(run_json, json.dumps(meta, indent=2))
-    remove_checkpoints(backup)  # run.json now says finished: the final unit is not needed
-    return result
+        from kerasseg.errors import Interrupted, signal_number
+        from kerasseg.training.callbacks import atomic_write_text, read_history
+
+        signum = signal_number(exc)
+        name = signal.Signals(signum).name
+        done = len(read_history(self.out / "history.csv"))
+        meta.update({"status": "interrupted", "signal": name, "best_epoch": self.best.best_epoch,
+                     "epochs_run": done})
+        atomic_write_text(self.out / "run.json", json.dumps(meta, indent=2))
+        return Interrupted(f"{self.out}: training interrupted by {name}; the state after the last "
+                           "completed epoch is kept: run the same command to resume", signum)
+
+    def write_results(self, meta: dict) -> RunResult:
+        """Score the saved model, write run.json ``finished``, then drop the checkpoint units."""
+        from kerasseg.training.callbacks import atomic_write_text
+        from kerasseg.training.checkpoint import remove_checkpoints
+
+        result = _results(self.out, self.segmenter, self.ds, "finished", self.best.best_epoch, self.t0)
+        meta.update(asdict(result))
+        atomic_write_text(self.out / "run.json", json.dumps(meta, indent=2))
+        remove_checkpoints(self.out / "backup")  # run.json now says finished: the final unit is not needed
+        return result
 
 
 def recorded_path(data) -> str:

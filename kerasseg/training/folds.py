@@ -191,12 +191,19 @@ def _mark(out: Path, status: str) -> None:
 
 def _fit_folds_locked(config, ds, cfg, data, out, fold, groups, k_folds, epochs, seed, devices,
                       dataset, verbose, t0) -> CVResult:
-    """:func:`fit_folds` once the folder is locked."""
-    from kerasseg.data.dataset import save_npz
-    from kerasseg.training.baselines import otsu_masks, prior_mask
-    from kerasseg.training.fit import fit, recorded_path
-    from kerasseg.training.metrics import binarize
-    from kerasseg.training.run import load_run
+    """:func:`fit_folds` once the folder is locked: its stages in order."""
+    state = _start_cv(out, ds, cfg, data, fold, groups, k_folds, epochs, seed)
+    fold_runs = [_train_fold(config, ds, out, fold, k, k_folds, epochs, seed, devices, dataset, verbose)
+                 for k in range(1, k_folds + 1)]
+    prob, prior_pred, per_fold = _out_of_fold(ds, fold, fold_runs)
+    scores = _score_out_of_fold(ds, fold, prob, prior_pred, per_fold)
+    _write_oof(out, ds, fold, groups, prob, scores)
+    return _finish_cv(out, state, ds, fold, fold_runs, per_fold, scores, t0)
+
+
+def _start_cv(out: Path, ds, cfg, data, fold, groups, k_folds, epochs, seed) -> dict:
+    """Check a rerun against cv.json and write it saying ``running``; returns its state."""
+    from kerasseg.training.fit import recorded_path
 
     if epochs is not None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
         raise KerassegError(f"epochs must be a positive integer, got {epochs!r}")
@@ -209,26 +216,43 @@ def _fit_folds_locked(config, ds, cfg, data, out, fold, groups, k_folds, epochs,
              "n_groups": int(len(set(groups[fold > 0].tolist()))), "n_pool": int((fold > 0).sum()),
              "n_test": int((fold == 0).sum())}
     write_json(out / "cv.json", state)
+    return state
 
+
+def _fold_data(out: Path, ds, fold, k: int):
+    """``(data/fold-<k>.npz, split labels)``: the data with fold k held out (written once)."""
+    from kerasseg.data.dataset import save_npz
+
+    split = np.where(fold == 0, ds.split, np.where(fold == k, "val", "train"))
     (out / "data").mkdir(exist_ok=True)
-    fold_runs = []
-    for k in range(1, k_folds + 1):
-        split = np.where(fold == 0, ds.split, np.where(fold == k, "val", "train"))
-        npz = out / "data" / f"fold-{k}.npz"
-        fold_ds = ds.with_split(split)
-        if not npz.is_file():
-            save_npz(fold_ds, npz)
-        run_dir = out / f"fold-{k}"
-        if verbose:
-            print(f"fold {k}/{k_folds}: {int((split == 'train').sum())} train, "
-                  f"{int((split == 'val').sum())} held-out ROIs -> {run_dir}", flush=True)
-        if not _finished_run(run_dir):
-            fit(config, str(npz), run_dir, epochs=epochs, seed=seed, devices=devices,
-                dataset=dataset, verbose=verbose)
-        fold_runs.append(run_dir)
+    npz = out / "data" / f"fold-{k}.npz"
+    if not npz.is_file():
+        save_npz(ds.with_split(split), npz)
+    return npz, split
 
-    # out-of-fold predictions: each pool ROI predicted by the fold that never saw it
+
+def _train_fold(config, ds, out: Path, fold, k, k_folds, epochs, seed, devices, dataset,
+                verbose) -> Path:
+    """Fold k's run directory, trained (or resumed) unless it holds a finished run."""
+    from kerasseg.training.fit import fit
+
+    npz, split = _fold_data(out, ds, fold, k)
+    run_dir = out / f"fold-{k}"
+    if verbose:
+        print(f"fold {k}/{k_folds}: {int((split == 'train').sum())} train, "
+              f"{int((split == 'val').sum())} held-out ROIs -> {run_dir}", flush=True)
+    if not _finished_run(run_dir):
+        fit(config, str(npz), run_dir, epochs=epochs, seed=seed, devices=devices,
+            dataset=dataset, verbose=verbose)
+    return run_dir
+
+
+def _out_of_fold(ds, fold, fold_runs):
+    """``(prob, prior_pred, per_fold)``: each pool ROI predicted by the fold that never saw it,
+    the mean-training-mask baseline of that fold, and each fold's run summary."""
     from kerasseg.models.segmenter import predict_probability
+    from kerasseg.training.baselines import prior_mask
+    from kerasseg.training.run import load_run
 
     pool = fold > 0
     prob = np.zeros(ds.images.shape, np.float32)
@@ -242,6 +266,16 @@ def _fit_folds_locked(config, ds, cfg, data, out, fold, groups, k_folds, epochs,
         info = json.loads((run_dir / "run.json").read_text())
         per_fold.append({"fold": k, "n_train": int((pool & ~sel).sum()), "n_held_out": int(sel.sum()),
                          "best_epoch": info.get("best_epoch"), "val_dice": info.get("val_dice")})
+    return prob, prior_pred, per_fold
+
+
+def _score_out_of_fold(ds, fold, prob, prior_pred, per_fold) -> dict:
+    """The post-processing chosen on the out-of-fold predictions, the per-ROI Dice with it and of
+    the baselines (pool ROIs), each fold's means added to ``per_fold``."""
+    from kerasseg.training.baselines import otsu_masks
+    from kerasseg.training.metrics import binarize
+
+    pool = fold > 0
     raw_pred = binarize(prob)
     choice, tried = choose_postprocessing(prob[pool], ds.masks[pool])
     pred = raw_pred.copy()
@@ -254,29 +288,43 @@ def _fit_folds_locked(config, ds, cfg, data, out, fold, groups, k_folds, epochs,
         sel = fold_pool == entry["fold"]
         entry.update({"oof_dice": float(dice[sel].mean()), "prior_dice": float(d_prior[sel].mean()),
                       "otsu_dice": float(d_otsu[sel].mean())})
-    fold_means = np.array([e["oof_dice"] for e in per_fold])
+    return {"choice": choice, "tried": tried, "pred": pred, "dice": dice, "prior": d_prior,
+            "otsu": d_otsu, "fold_means": np.array([e["oof_dice"] for e in per_fold])}
+
+
+def _write_oof(out: Path, ds, fold, groups, prob, scores: dict) -> None:
+    """oof.npz: the pool ROIs' out-of-fold predictions and Dice."""
     from kerasseg.fileio import write_npz
 
-    write_npz(out / "oof.npz", ids=ds.ids[pool], fold=fold_pool, prob=prob[pool], mask=ds.masks[pool],
-              pred=pred[pool], dice=dice, prior_dice=d_prior, otsu_dice=d_otsu, group=groups[pool])
+    pool = fold > 0
+    write_npz(out / "oof.npz", ids=ds.ids[pool], fold=fold[pool], prob=prob[pool], mask=ds.masks[pool],
+              pred=scores["pred"][pool], dice=scores["dice"], prior_dice=scores["prior"],
+              otsu_dice=scores["otsu"], group=groups[pool])
 
+
+def _finish_cv(out: Path, state: dict, ds, fold, fold_runs, per_fold, scores: dict, t0) -> CVResult:
+    """The fold ensemble on the test ROIs, then cv.json saying ``finished``; the summary."""
+    from kerasseg.training.baselines import prior_mask
+
+    choice, dice, fold_means = scores["choice"], scores["dice"], scores["fold_means"]
+    d_prior, d_otsu = scores["prior"], scores["otsu"]
     test = None
     if (fold == 0).any():
-        test = _ensemble_test(fold_runs, ds, fold == 0, choice, prior_mask(ds.masks[pool]))
+        test = _ensemble_test(fold_runs, ds, fold == 0, choice, prior_mask(ds.masks[fold > 0]))
     state.update({
         "status": "finished",
         "per_fold": per_fold,
         "oof": {"dice_mean": float(dice.mean()), "dice_std": float(dice.std()),
                 "fold_dice_mean": float(fold_means.mean()), "fold_dice_std": float(fold_means.std()),
                 "prior_dice_mean": float(d_prior.mean()), "otsu_dice_mean": float(d_otsu.mean()),
-                "raw_dice_mean": float(tried["none"])},
+                "raw_dice_mean": float(scores["tried"]["none"])},
         "postprocessing": choice,
-        "postprocessing_tried": tried,
+        "postprocessing_tried": scores["tried"],
         "test": test,
         "seconds": round(time.time() - t0, 1),
     })
     write_json(out / "cv.json", state)
-    return CVResult(str(out), k_folds, float(dice.mean()), float(fold_means.mean()),
+    return CVResult(str(out), len(fold_runs), float(dice.mean()), float(fold_means.mean()),
                     float(fold_means.std()), float(d_prior.mean()), float(d_otsu.mean()), choice,
                     test, per_fold)
 
