@@ -389,13 +389,13 @@ def predict_image(segmenter, path, out_dir, roi=None, mask_hint=None, *, stem=No
         "overlay": str(paths["overlay"]),
     }
     if dicom_seg:
-        info.update(_write_dicom(segmenter, path, full, full_prob if probability else None, boxes, uncs,
+        info.update(_write_seg_and_sr(segmenter, path, full, full_prob if probability else None, boxes, uncs,
                                  paths["seg"], paths["sr"]))
     write_json(paths["json"], info)
     return info
 
 
-def _write_dicom(segmenter, path, mask, probability, boxes, uncertainties, seg_path, sr_path) -> dict:
+def _write_seg_and_sr(segmenter, path, mask, probability, boxes, uncertainties, seg_path, sr_path) -> dict:
     """The SEG and SR of one DICOM input (:mod:`kerasseg.export.dicom`); returns their JSON entries.
 
     ``mask`` (and ``probability``) are full size in the source's stored pixel grid: ``read_image``

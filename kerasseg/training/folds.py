@@ -167,6 +167,7 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
     except KerassegError as exc:
         raise KerassegError(str(exc), ds.origin) from None
     k_folds = int(folds)
+    _check_devices(devices, fold, k_folds, ds.origin)   # before cv.json is written
     out = Path(out_dir or f"runs/{cfg['name']}-cv{k_folds}")
     output_dir(out.parent, "folder of the cross-validation folder")
     with folder_lock(out, "cross-validation folder"):
@@ -177,6 +178,20 @@ def fit_folds(config="crunet-l067", data=None, out_dir=None, folds=5, epochs=Non
         except Interrupted:
             _mark(out, "interrupted")
             raise
+
+
+def _check_devices(devices, fold, k_folds: int, origin) -> None:
+    """The replicas every fold's training will ask for exist, and every held-out fold (a fold's
+    validation split) has at least one ROI per replica: checked once, before anything is written."""
+    if devices is None:
+        return
+    from kerasseg.training.strategy import get_strategy
+
+    replicas = get_strategy(devices).num_replicas_in_sync
+    smallest = min(int((fold == k).sum()) for k in range(1, k_folds + 1))
+    if replicas > smallest:
+        raise argument_error("devices", f"{devices}: {replicas} replicas but the smallest held-out fold has "
+                             f"{smallest} ROI(s); use at most {smallest} devices or fewer folds", origin)
 
 
 def _mark(out: Path, status: str) -> None:

@@ -141,7 +141,7 @@ class SegmentationModel(keras.Model):
             # Multi-worker only: Keras's symbolic build first reduces a data batch across workers
             # (strategy.reduce on a PerReplica batch), which fails under
             # MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...) to a
-            # Tensor"; tests/test_training_fit.py::test_multiworker_*). A built model needs none
+            # Tensor"; tests/training/test_training_fit.py::test_multiworker_*). A built model needs none
             # of that: only the optimizer's slots must exist. Every other strategy takes Keras's path.
             if (_multi_worker(self.distribute_strategy) and self.built
                     and all(layer.built for layer in self._flatten_layers())):

@@ -28,7 +28,7 @@ kernel (variance ``+s^2/3`` per axis for a grid spacing ``s``) and lowers its
 peak; the blur kernel is narrowed and rescaled to compensate, so the effective
 kernel matches the exact Gaussian in width and height. Measured against the
 dense form on 40x40 images the messages differ by about 1% of their range
-(see tests/test_crf_filters.py for the asserted tolerances).
+(see tests/layers/crf/test_crf_filters.py for the asserted tolerances).
 
 Thetas are in pixels (spatial) and in the units of the ``image`` tensor
 (intensity), as in the exact layer. ``image`` is (B, H, W, 1) (grey mammogram
