@@ -108,15 +108,11 @@ def defaults() -> dict:
 
 
 def crf_modes() -> tuple:
-    """The ``crf.mode`` values the CRF layer class accepts (its module's ``MODES`` and aliases)."""
-    import sys
+    """The ``crf.mode`` values the CRF layer accepts (:data:`kerasseg.layers.crf.layer.MODES` and its
+    ``ALIASES``, the old names)."""
+    from kerasseg.layers.crf.layer import ALIASES, MODES
 
-    from kerasseg.models.crf_head import crf_class
-
-    cls = crf_class()
-    module = sys.modules[cls.__module__]
-    modes = getattr(cls, "MODES", None) or getattr(module, "MODES", ())
-    return tuple(modes) + tuple(getattr(module, "ALIASES", {}) or ())
+    return tuple(MODES) + tuple(ALIASES)
 
 
 def choices() -> dict:

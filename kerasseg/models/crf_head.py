@@ -18,13 +18,9 @@ from kerasseg.errors import KerassegError
 
 
 def crf_class():
-    """The CRFRNN layer class (imported lazily: kerasseg/layers/crf/ is another module)."""
-    try:
-        from kerasseg.layers.crf import CRFRNN
-    except ModuleNotFoundError as exc:
-        if exc.name != "kerasseg.layers.crf":
-            raise
-        raise KerassegError("the CRF layer (kerasseg.layers.crf.CRFRNN) is not available yet") from None
+    """The CRFRNN layer class (imported lazily: the config schema reads it without loading the models)."""
+    from kerasseg.layers.crf import CRFRNN
+
     return CRFRNN
 
 

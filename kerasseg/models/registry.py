@@ -330,7 +330,9 @@ def final_key(model: keras.Model) -> str:
 
 def output_keys(model: keras.Model) -> list[str]:
     """Names of a kerasseg model's dict outputs."""
-    struct = getattr(model, "_outputs_struct", None)
+    from kerasseg.keras_private import output_struct
+
+    struct = output_struct(model)
     if isinstance(struct, dict):
         return list(struct)
     out = model.output

@@ -114,9 +114,10 @@ def quiet_own_retracing() -> None:
 class _OwnRetracingFilter:
     """A ``logging`` filter (see :func:`quiet_own_retracing`)."""
 
-    NAMES = ("segment_function.<locals>", "ensemble_function.<locals>",
-             "TensorFlowTrainer._make_function.<locals>", "TensorFlowTrainer.make_train_function.<locals>",
-             "TensorFlowTrainer.make_test_function.<locals>")
+    from kerasseg.keras_private import RETRACING_CLOSURES
+
+    NAMES = ("segment_function.<locals>", "ensemble_function.<locals>", "boxes_function.<locals>",
+             *RETRACING_CLOSURES)
 
     def filter(self, record) -> bool:
         msg = record.getMessage()

@@ -31,6 +31,7 @@ import tensorflow as tf
 from kerasseg.training import losses
 from kerasseg.training.adversarial import fgm_perturbation
 from kerasseg.training.metrics import DiceScore
+from kerasseg.keras_private import has_symbolic_build_hook
 
 
 def _multi_worker(strategy) -> bool:
@@ -45,22 +46,8 @@ def _multi_worker(strategy) -> bool:
     return sum(spec.num_tasks(j) for j in jobs if j in ("chief", "worker")) > 1
 
 
-def _has_symbolic_build_hook() -> bool:
-    """Whether this Keras has the private ``Model._maybe_symbolic_build(iterator, data_batch)``.
-
-    Keras 3 (checked up to 3.15) builds the model symbolically there at the start of ``fit``; the
-    multi-worker workaround below overrides it only where that exact hook exists, so a Keras that
-    renames or drops it takes its own path instead of a stale override.
-    """
-    import inspect
-
-    hook = getattr(keras.Model, "_maybe_symbolic_build", None)
-    if hook is None:
-        return False
-    return {"iterator", "data_batch"} <= set(inspect.signature(hook).parameters)
-
-
-SYMBOLIC_BUILD_HOOK = _has_symbolic_build_hook()
+#: Keras's private symbolic-build hook exists as expected (kerasseg.keras_private): override it then
+SYMBOLIC_BUILD_HOOK = has_symbolic_build_hook()
 
 
 @keras.saving.register_keras_serializable(package="kerasseg")

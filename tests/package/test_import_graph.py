@@ -24,6 +24,7 @@ ALLOWED_UPWARD = {
     ("kerasseg.config.schema", "kerasseg.models.crf_head"): _CONFIG_LAZY,
     ("kerasseg.config.schema", "kerasseg.layers.preprocessing"): _CONFIG_LAZY,
     ("kerasseg.config.schema", "kerasseg.data.boxes"): _CONFIG_LAZY,
+    ("kerasseg.config.schema", "kerasseg.layers.crf.layer"): _CONFIG_LAZY,
 }
 # Private names imported across modules: (importer, imported module, name) -> reason.
 ALLOWED_PRIVATE: dict = {}
@@ -95,7 +96,7 @@ def layer(module: str) -> str:
     parts = module.split(".") + [""]
     if parts[1] == "__main__":  # only starts the CLI (python -m kerasseg): the entry point, like cli
         return "cli"
-    if parts[1] in ("", "errors", "fileio", "config"):
+    if parts[1] in ("", "errors", "fileio", "config", "keras_private"):
         return BASE
     return parts[1]
 
