@@ -91,9 +91,8 @@ class Interrupted(Exception):
 
 
 class _SignalHandlers:
-    def __init__(self, deferred: bool):
+    def __init__(self):
         self.saved = {}
-        self.deferred = deferred
         self.pending = None
 
     def __enter__(self):
@@ -104,17 +103,17 @@ class _SignalHandlers:
             return self
 
         def handler(signum, _frame):
-            if self.deferred and self.pending is None:
+            if self.pending is None:
                 self.pending = signum   # raised by check() at the next safe point
                 return
-            raise KeyboardInterrupt(signum)  # a second signal (or not deferred): at once
+            raise KeyboardInterrupt(signum)  # a second signal: at once
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.saved[sig] = signal.signal(sig, handler)
         return self
 
     def check(self) -> None:
-        """Raise ``KeyboardInterrupt(signum)`` if a signal arrived (the safe point of deferred use)."""
+        """Raise ``KeyboardInterrupt(signum)`` if a signal arrived (the work's safe point)."""
         if self.pending is not None:
             raise KeyboardInterrupt(self.pending)
 
@@ -127,13 +126,13 @@ class _SignalHandlers:
         return False
 
 
-def stop_on_signals(deferred: bool = False):
-    """A context manager under which SIGINT and SIGTERM raise ``KeyboardInterrupt(signum)`` (in the
-    main thread; elsewhere it does nothing), so long work can save a resumable state and raise
-    :class:`Interrupted`. ``deferred=True``: the first signal is only recorded and raised by the
-    manager's ``check()`` at the work's next safe point (training: after a batch, never inside a
-    checkpoint write); a second one raises at once. :func:`signal_number` reads the number back."""
-    return _SignalHandlers(deferred)
+def stop_on_signals():
+    """A context manager under which the first SIGINT or SIGTERM is only recorded, and raised as
+    ``KeyboardInterrupt(signum)`` by the manager's ``check()`` at the work's next safe point
+    (training: after a batch, never inside a checkpoint write), so long work can save a resumable
+    state and raise :class:`Interrupted`; a second signal raises at once. In the main thread only
+    (elsewhere it does nothing). :func:`signal_number` reads the number back."""
+    return _SignalHandlers()
 
 
 def signal_number(exc: BaseException) -> int:

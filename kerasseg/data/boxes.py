@@ -241,7 +241,7 @@ def epoch_views(ds, jitter: BoxJitter, seed: int, epoch):
     n = len(ds)
     margins, shifts, tight = jitter.draws(n, seed, epoch)
     boxes = grow_boxes(ds.context_box, ds.context_valid, margins, shifts)
-    x, m = crop_views(ds.context, ds.context_mask, boxes, ds.size)
+    x, m = _crop_graph(ds.size)(ds.context, ds.context_mask.astype(np.float32), boxes)
     keep = tight[:, None, None]
     x = tf.where(keep, tf.constant(ds.images, tf.float32), x)
     m = tf.where(keep, tf.constant(ds.masks, tf.float32), m)

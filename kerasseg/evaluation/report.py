@@ -32,7 +32,7 @@ from kerasseg.fileio import write_csv, write_json, write_npz
 from kerasseg.evaluation import metrics as M
 from kerasseg.evaluation import plots
 from kerasseg.evaluation.formatting import format_summary
-from kerasseg.training.metrics import THRESHOLD, binarize  # the one threshold
+from kerasseg.training.metrics import THRESHOLD, binarize, dice_array  # the one threshold and Dice
 
 METRIC_KEYS = ("dice_mean", "dice_std", "dice_pooled", "iou_mean", "hd95_px_mean", "hd95_mm_mean",
                "sensitivity_mean", "precision_mean", "trimap_accuracy", "n", "split", "data_hash")
@@ -215,16 +215,6 @@ def report_name(split="test", tta="none", box_margin=0.0, box_shift=0.0) -> str:
     return name
 
 
-def _dice_img(pred, gt) -> np.ndarray:
-    """Per-image Dice float64 (N,) (the one Dice, :func:`kerasseg.training.metrics.dice_per_image`)."""
-    from kerasseg.training.metrics import dice_per_image
-
-    pred, gt = np.asarray(pred).astype(bool), np.asarray(gt).astype(bool)
-    if len(pred) == 0:
-        return np.zeros(0, np.float64)
-    return np.asarray(dice_per_image(pred, gt), np.float64)
-
-
 def baseline_dice(view, split="test") -> dict:
     """The model-free baselines on the ``split`` ROIs of ``view`` (a dataset, or its
     :func:`~kerasseg.data.boxes.box_view` at some box): per-image Dice float64 (N,) of
@@ -239,8 +229,8 @@ def baseline_dice(view, split="test") -> dict:
     train = view.split == "train"
     prior = None
     if train.any():
-        prior = _dice_img(np.broadcast_to(prior_mask(view.masks[train]), sub.masks.shape), sub.masks)
-    return {"prior": prior, "otsu": _dice_img(otsu_masks(sub.images), sub.masks)}
+        prior = dice_array(np.broadcast_to(prior_mask(view.masks[train]), sub.masks.shape), sub.masks)
+    return {"prior": prior, "otsu": dice_array(otsu_masks(sub.images), sub.masks)}
 
 
 def _mean_std(d):
@@ -296,7 +286,7 @@ def robustness_table(fn, ds, split="test", *, seed=0, batch_size=32, known=None,
             view = cached_view(ds, margin, shift, seed, views)
             sub = view.subset(split)
             res = predict_ensemble(fn, sub.images, batch_size=batch_size, progress=False)
-            cache[key] = {"model": _dice_img(res["mask"], sub.masks), **baseline_dice(view, split)}
+            cache[key] = {"model": dice_array(res["mask"], sub.masks), **baseline_dice(view, split)}
         entry = {"margin": key[0], "shift": key[1]}
         for who in ("model", "prior", "otsu"):
             entry[f"{who}_dice_mean"], entry[f"{who}_dice_std"] = _mean_std(cache[key][who])
@@ -439,7 +429,7 @@ def evaluate_run(run_or_model, data=None, split="test", out_dir=None, *, tta="no
             extra["baselines"] = _baseline_summary(base)
             extra["box_definitions"] = BOX_DEFINITIONS
         if robustness:
-            known = {(margin, shift): {"model": _dice_img(res["mask"], sub.masks), **base}}
+            known = {(margin, shift): {"model": dice_array(res["mask"], sub.masks), **base}}
             table = robustness_table(fn, ds, split, seed=box_seed, batch_size=batch_size, known=known,
                                      views=views)
     return evaluate_arrays(

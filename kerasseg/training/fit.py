@@ -299,7 +299,7 @@ class Trainer:
         from kerasseg.training.callbacks import StopOnSignal
 
         try:
-            with stop_on_signals(deferred=True) as handlers:
+            with stop_on_signals() as handlers:
                 self.model.fit(self.train_ds, validation_data=self.val_ds, epochs=self.total,
                                initial_epoch=self.start, steps_per_epoch=self.steps,
                                callbacks=[*callbacks, StopOnSignal(handlers)], verbose=self.verbose,

@@ -30,6 +30,7 @@ import numpy as np
 
 from kerasseg.errors import KerassegError, argument_error
 from kerasseg.fileio import write_json
+from kerasseg.training.metrics import dice_array
 from kerasseg.training.run import CV_KIND, NO_POSTPROCESSING
 
 
@@ -75,12 +76,6 @@ def _groups_hash(groups) -> str:
     return hashlib.sha256("\x00".join(np.asarray(groups).astype(str).tolist()).encode()).hexdigest()[:16]
 
 
-def _per_roi_dice(pred, masks) -> np.ndarray:
-    from kerasseg.training.metrics import dice_per_image
-
-    return np.asarray(dice_per_image(np.asarray(pred), np.asarray(masks)), np.float64)
-
-
 def postprocess_masks(masks, choice: dict) -> np.ndarray:
     """``masks`` (N, H, W) after the chosen post-processing (the graph ops of predict/export)."""
     from kerasseg.layers.postprocessing import postprocess
@@ -101,12 +96,12 @@ def choose_postprocessing(prob, masks) -> tuple[dict, dict]:
 
     raw = binarize(np.asarray(prob, np.float32))
     choice = dict(NO_POSTPROCESSING)
-    best = float(_per_roi_dice(raw, masks).mean())
+    best = float(dice_array(raw, masks).mean())
     tried = {"none": best}
     for step in ("largest_component", "fill_holes"):
         trial = {**choice, step: True}
         name = "+".join(k for k, v in trial.items() if v)
-        score = float(_per_roi_dice(postprocess_masks(raw, trial), masks).mean())
+        score = float(dice_array(postprocess_masks(raw, trial), masks).mean())
         tried[name] = score
         if score > best:
             choice, best = trial, score
@@ -295,9 +290,9 @@ def _score_out_of_fold(ds, fold, prob, prior_pred, per_fold) -> dict:
     choice, tried = choose_postprocessing(prob[pool], ds.masks[pool])
     pred = raw_pred.copy()
     pred[pool] = postprocess_masks(raw_pred[pool], choice)
-    dice = _per_roi_dice(pred[pool], ds.masks[pool])
-    d_prior = _per_roi_dice(prior_pred[pool], ds.masks[pool])
-    d_otsu = _per_roi_dice(otsu_masks(ds.images[pool]), ds.masks[pool])
+    dice = dice_array(pred[pool], ds.masks[pool])
+    d_prior = dice_array(prior_pred[pool], ds.masks[pool])
+    d_otsu = dice_array(otsu_masks(ds.images[pool]), ds.masks[pool])
     fold_pool = fold[pool]
     for entry in per_fold:
         sel = fold_pool == entry["fold"]
@@ -354,6 +349,6 @@ def _ensemble_test(fold_runs, ds, sel, choice, prior) -> dict:
     out = predict_ensemble(ensemble_function(members, tta="none", postprocessing=choice), ds.images[sel])
     masks = ds.masks[sel]
     return {"n": int(sel.sum()),
-            "ensemble_dice": float(_per_roi_dice(out["mask"], masks).mean()),
-            "prior_dice": float(_per_roi_dice(np.broadcast_to(prior, masks.shape), masks).mean()),
-            "otsu_dice": float(_per_roi_dice(otsu_masks(ds.images[sel]), masks).mean())}
+            "ensemble_dice": float(dice_array(out["mask"], masks).mean()),
+            "prior_dice": float(dice_array(np.broadcast_to(prior, masks.shape), masks).mean()),
+            "otsu_dice": float(dice_array(otsu_masks(ds.images[sel]), masks).mean())}

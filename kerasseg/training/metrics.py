@@ -30,6 +30,15 @@ def dice_per_image(pred, true):
     return ops.where(denom > 0, 2.0 * inter / ops.maximum(denom, 1.0), ops.ones_like(denom))
 
 
+def dice_array(pred, true) -> np.ndarray:
+    """:func:`dice_per_image` as a float64 NumPy array (N,) (empty for N = 0): per-ROI Dice for
+    statistics, reports and the out-of-fold tables."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    if len(pred) == 0:
+        return np.zeros(0, np.float64)
+    return np.asarray(dice_per_image(pred, true), np.float64)
+
+
 def mean_dice(pred, true) -> float:
     """Mean of :func:`dice_per_image` over a stack of binary masks (a Python float)."""
     return float(np.mean(np.asarray(dice_per_image(np.asarray(pred), np.asarray(true)))))
