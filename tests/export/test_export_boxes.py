@@ -2,7 +2,6 @@
 serving_boxes_bytes signatures of every export (issue 19 part 4)."""
 
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from kerasseg.export import Segmenter, export_model, savedmodel
 from kerasseg.models.whole_image import OUTPUTS, boxes_function
 from fixtures.export import run_without_kerasseg, tiny_segmenter
 from fixtures.export import BLOCKED_LOADER
-from fixtures import REPO as _REPO
+from fixtures.docs import run_example
 
 # boxes (y0, x0, y1, x1): different sizes, two overlapping, one at the model size, one on the border
 BOXES = np.array([[10, 12, 70, 95], [40, 60, 120, 130], [0, 150, 40, 190], [100, 5, 150, 30],
@@ -303,12 +302,7 @@ def test_loads_without_kerasseg(exported, loaded, tmp_path):
 
 def test_docs_example_runs(capsys):
     """The Python example of docs/serving.md (the block starting '# example: whole image') runs as is."""
-    text = (_REPO / "docs" / "serving.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
-    example = [b for b in blocks if b.startswith("# example: whole image")]
-    assert len(example) == 1
-    namespace = {}
-    exec(compile(example[0], "docs/serving.md", "exec"), namespace)  # noqa: S102 - our own docs
+    namespace = run_example("docs/serving.md", "# example: whole image")
     out = namespace["out"]
     assert out["probability"].shape == (2, 300, 260) and out["image_mask"].shape == (1200, 900)
     assert "[[240 200]\n [300 260]]" in capsys.readouterr().out

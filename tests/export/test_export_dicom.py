@@ -23,6 +23,7 @@ from fixtures.dicom import DCIODVFY, dciodvfy_errors
 
 hd = pytest.importorskip("highdicom")
 from kerasseg.export import dicom  # noqa: E402
+from fixtures.docs import python_blocks, run_example
 
 ROOT = _REPO
 ROWS, COLS = 256, 200
@@ -513,11 +514,8 @@ def test_module_examples_run():
 
 def test_docs_example_runs(capsys):
     """The Python example of docs/dicom.md runs as is (a synthetic mammogram, the faked served mask)."""
-    text = (ROOT / "docs" / "dicom.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
-    assert len(blocks) == 1 and blocks[0].startswith("# example: served mask to DICOM SEG + SR")
-    namespace = {}
-    exec(compile(blocks[0], "docs/dicom.md", "exec"), namespace)  # noqa: S102 - our own docs
+    assert len(python_blocks((ROOT / "docs" / "dicom.md").read_text())) == 1
+    namespace = run_example("docs/dicom.md", "# example: served mask to DICOM SEG + SR")
     out = namespace["out"]
     assert (out / "scan.seg.dcm").is_file() and (out / "scan.sr.dcm").is_file()
     printed = capsys.readouterr().out

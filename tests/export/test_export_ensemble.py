@@ -12,6 +12,7 @@ from kerasseg.export import savedmodel
 from kerasseg.export.savedmodel import export_model
 from fixtures.export import run_without_kerasseg, tiny_segmenter
 from fixtures.export import BLOCKED_LOADER
+from fixtures.export import crops as fixture_crops
 
 POST = {"largest_component": True, "fill_holes": True}
 
@@ -33,16 +34,7 @@ def write_folds_dir(root, seeds=(0, 1), postprocessing=POST, status="finished"):
 
 
 def crops(seed, shape, n=3):
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    out = rng.normal(100, 15, size=(n, h, w))
-    for i in range(n):
-        for _ in range(3):
-            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, min(h, w) / 4)
-            out[i] += 80 * (np.hypot(yy - cy, xx - cx) < r)
-            out[i] -= 60 * (np.hypot(yy - cy, xx - cx) < r / 3)  # a dark core: holes in the mask
-    return out.astype(np.float32)
+    return fixture_crops(seed, shape, n, dark_core=True)   # holes in the masks: post-processing acts
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from kerasseg.models.ensemble import (DIHEDRAL, TTA_MODES, apply_transform, ense
                                       tta_transforms, undo_transform)
 from kerasseg.models.segmenter import predict_probability, segment_function
 from fixtures.export import tiny_segmenter
-from fixtures import REPO as _REPO
+from fixtures.docs import run_example
+from fixtures.export import crops
 
 
 @pytest.fixture(scope="module")
@@ -19,17 +20,6 @@ def members():
     return [tiny_segmenter(40, crf=True, seed=0), tiny_segmenter(40, crf=True, seed=1)]
 
 
-def crops(seed, shape, n=3):
-    """Raw crops with a few bright blobs (the tiny models call bright pixels mass)."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    out = rng.normal(100, 15, size=(n, h, w))
-    for i in range(n):
-        for _ in range(3):
-            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, min(h, w) / 4)
-            out[i] += 80 * (np.hypot(yy - cy, xx - cx) < r)
-    return out.astype(np.float32)
 
 
 def np_transform(x, t):
@@ -213,14 +203,7 @@ def test_predict_ensemble_batches(members):
 
 def test_docs_example_runs(capsys):
     """The Python example of docs/serving.md (the block starting '# example: ensemble') runs as is."""
-    from pathlib import Path
-
-    text = (_REPO / "docs" / "serving.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
-    example = [b for b in blocks if b.startswith("# example: ensemble")]
-    assert len(example) == 1
-    namespace = {}
-    exec(compile(example[0], "docs/serving.md", "exec"), namespace)  # noqa: S102 - our own docs
+    namespace = run_example("docs/serving.md", "# example: ensemble")
     out = namespace["out"]
     assert out["probability"].shape == (10, 40, 40) and out["mask"].dtype == np.uint8
     assert "(10, 40, 40) uint8" in capsys.readouterr().out

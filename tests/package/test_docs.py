@@ -5,20 +5,14 @@ names), in an empty temporary folder (files a block writes land there). A block 
 (e.g. it needs a licensed dataset) is fenced ```python no-run and says why beside it.
 """
 
-import re
 import subprocess
 import sys
 
 import pytest
 from fixtures import REPO
+from fixtures.docs import python_blocks
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-BLOCK = re.compile(r"^```python[ \t]*(?P<tag>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.S | re.M)
-
-
-def python_blocks(text: str) -> list[str]:
-    """The runnable ```python blocks of a markdown text, in order (```python no-run skipped)."""
-    return [m["code"] for m in BLOCK.finditer(text) if "no-run" not in m["tag"]]
 
 
 def test_block_parser_finds_blocks_and_skips_no_run():
